@@ -1,0 +1,1 @@
+"""Pure mail logic: MIME parsing, logging rules, error classification. No Flask, DB or Redis."""

@@ -1,0 +1,179 @@
+"""Talking IMAP: one connection per job, every socket with a time-out, every command counted.
+
+Thin on purpose: it speaks the protocol and hands back plain data; sync.py decides.
+"""
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from imapclient import IMAPClient
+from imapclient.imapclient import SocketTimeout
+
+SKIP_SPECIAL_USE = {"\\Drafts", "\\Junk", "\\Trash"}
+SPECIAL_USE = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+# Servers without SPECIAL-USE: the names clients commonly give these folders.
+SKIP_NAMES = {
+    "drafts": "\\Drafts", "draft": "\\Drafts", "concepts": "\\Drafts", "koncepty": "\\Drafts",
+    "junk": "\\Junk", "junk e-mail": "\\Junk", "junk email": "\\Junk", "spam": "\\Junk", "nevyžádaná pošta": "\\Junk",
+    "trash": "\\Trash", "deleted items": "\\Trash", "deleted messages": "\\Trash", "bin": "\\Trash", "koš": "\\Trash",
+}
+HEADER_FIELDS = b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM TO CC DATE SUBJECT)]"
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    flags: frozenset[str]
+    special_use: str | None
+
+    @property
+    def selectable(self) -> bool:
+        return not ({"\\Noselect", "\\NonExistent"} & self.flags)
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class HeaderRecord:
+    uid: int
+    flags: frozenset[str]
+    internal_date: datetime  # naive UTC
+    size: int
+    header: bytes
+
+
+class ImapSession:
+    """A connected, logged-in IMAP session. Use as a context manager."""
+
+    def __init__(self, host: str, port: int, security: str, *, timeout: float = 60,
+                 ca_file: str | None = None):
+        self.host, self.port, self.security = host, port, security
+        self.commands = 0
+        context = ssl.create_default_context(cafile=ca_file) if security in ("ssl", "starttls") else None
+        self.client = IMAPClient(host, port=port, ssl=security == "ssl", ssl_context=context,
+                                 timeout=SocketTimeout(connect=min(timeout, 20), read=timeout))
+        self.client.normalise_times = False  # keep INTERNALDATE's zone; we convert to UTC
+        self._count_commands()
+        if security == "starttls":
+            self.client.starttls(context)
+
+    def _count_commands(self) -> None:
+        imap = self.client._imap
+        original = imap._command
+
+        def counted(name, *args):
+            self.commands += 1
+            return original(name, *args)
+
+        imap._command = counted
+
+    def __enter__(self) -> "ImapSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.client.logout()
+        except Exception:  # the connection may already be gone; nothing left to do
+            try:
+                self.client.shutdown()
+            except Exception:
+                pass
+
+    # -- authentication -----------------------------------------------------------------
+    def login_password(self, login: str, password: str) -> None:
+        self.client.login(login, password)
+
+    def login_xoauth2(self, user: str, access_token: str) -> None:
+        """XOAUTH2 through sasl_login, which keeps the server's JSON error (oauth2_login
+        resends the credentials after a failed challenge and loses it)."""
+        initial = f"user={user}\x01auth=Bearer {access_token}\x01\x01"
+        state = {"sent": False}
+
+        def mech(challenge: bytes) -> bytes:
+            if not state["sent"]:
+                state["sent"] = True
+                return initial.encode()
+            return b""  # acknowledge the server's error JSON; it then answers NO with its words
+
+        self.client.sasl_login("XOAUTH2", mech)
+
+    # -- folders --------------------------------------------------------------------------
+    def capabilities(self) -> set[str]:
+        return {c.decode() if isinstance(c, bytes) else c for c in self.client.capabilities()}
+
+    def list_folders(self) -> list[Folder]:
+        folders = []
+        for flags, _sep, name in self.client.list_folders():
+            flag_set = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
+            special = next((f for f in flag_set if f in SPECIAL_USE), None)
+            if special is None and name.lower() in SKIP_NAMES:
+                special = SKIP_NAMES[name.lower()]
+            folders.append(Folder(name=name, flags=flag_set, special_use=special))
+        return folders
+
+    def status(self, folder: str, condstore: bool) -> FolderStatus:
+        what = [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"] + ([b"HIGHESTMODSEQ"] if condstore else [])
+        data = self.client.folder_status(folder, what)
+        return FolderStatus(
+            uidvalidity=int(data[b"UIDVALIDITY"]), uidnext=int(data[b"UIDNEXT"]),
+            messages=int(data[b"MESSAGES"]),
+            highestmodseq=int(data[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in data else None,
+        )
+
+    def select(self, folder: str) -> None:
+        self.client.select_folder(folder, readonly=True)
+
+    # -- messages -------------------------------------------------------------------------
+    def uids_since(self, day: date, below_uid: int | None = None) -> list[int]:
+        criteria: list = ["SINCE", day]
+        if below_uid is not None:
+            if below_uid <= 1:
+                return []
+            criteria += ["UID", f"1:{below_uid - 1}"]
+        return sorted(int(u) for u in self.client.search(criteria))
+
+    def uids_above(self, last_uid: int) -> list[int]:
+        # `n:*` always returns the newest message even when its UID is below n: drop those.
+        found = self.client.search(["UID", f"{last_uid + 1}:*"])
+        return sorted(int(u) for u in found if int(u) > last_uid)
+
+    def fetch_headers(self, uids: list[int]) -> list[HeaderRecord]:
+        if not uids:
+            return []
+        data = self.client.fetch(uids, [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", HEADER_FIELDS])
+        records = []
+        for uid, item in data.items():
+            header = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"") or b""
+            records.append(HeaderRecord(
+                uid=int(uid),
+                flags=frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())),
+                internal_date=_utc(item.get(b"INTERNALDATE")),
+                size=int(item.get(b"RFC822.SIZE", 0)),
+                header=header,
+            ))
+        return sorted(records, key=lambda r: r.uid)
+
+    def fetch_bodies(self, uids: list[int]) -> dict[int, bytes]:
+        if not uids:
+            return {}
+        data = self.client.fetch(uids, [b"BODY.PEEK[]"])
+        return {int(uid): item.get(b"BODY[]", b"") or b"" for uid, item in data.items()}
+
+
+def _utc(value) -> datetime:
+    if not isinstance(value, datetime):
+        return datetime.now(timezone.utc).replace(tzinfo=None)
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)

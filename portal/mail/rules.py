@@ -1,0 +1,302 @@
+"""Which emails are logged on which customers: the rules of DESIGN.md, as plain functions.
+
+No I/O: the caller gathers the facts (headers, IMAP flags and folder, the addresses of
+every mailbox ever connected, the customers' primary address history, deal
+memberships) and gets back a ``Decision``. The same function runs in the sync and on
+the support page "why was / wasn't this email logged?", so every rule's verdict is
+computed and explained even when an earlier rule already decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+_FIELDS = ("from", "to", "cc")
+
+# IMAP special-use folders (RFC 6154) whose messages are never logged, and why.
+_IGNORED_FOLDERS = {"\\drafts": "drafts_folder", "\\junk": "junk", "\\trash": "trash"}
+_FOLDER_WORDS = {"drafts_folder": "Drafts", "junk": "Junk", "trash": "Trash"}
+
+
+@dataclass(frozen=True)
+class PrimaryAddress:
+    """One entry of a customer's primary address history."""
+
+    customer_id: int
+    address: str  # lower-cased
+    since: datetime | None  # None: the first address, matches any date
+    until: datetime | None  # None: still the primary address
+
+
+@dataclass(frozen=True)
+class DealMembership:
+    deal_id: int
+    customer_id: int
+    role: str  # "primary" | "additional"
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What the sync knows of a message from its headers and IMAP."""
+
+    from_: tuple[str, ...]  # lower-cased addresses
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    when: datetime  # naive UTC INTERNALDATE; the primary address history is read at this time
+    flags: frozenset[str]  # IMAP flags, e.g. "\\Draft", "\\Seen"
+    folder_special_use: str | None  # "\\Drafts", "\\Junk", "\\Trash", "\\Sent", "\\All" or None
+
+
+@dataclass(frozen=True)
+class Match:
+    customer_id: int
+    field: str  # "from" | "to" | "cc": the first of these holding the customer's address
+    address: str
+    direction: str  # "in" when the customer wrote it (their address in From), else "out"
+    deal_id: int | None  # set for an additional customer of a deal another matched customer is on
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the "why was / wasn't this email logged?" explanation."""
+
+    rule: str  # "folder" | "draft" | "internal" | "customer"
+    passed: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    logged: bool
+    # None when logged, else the first failing rule's reason: "drafts_folder",
+    # "draft_flag", "junk", "trash", "internal" or "no_customer".
+    ignore_reason: str | None
+    matches: tuple[Match, ...]  # customers to log it on, in address order; empty unless logged
+    verdicts: tuple[Verdict, ...]  # folder, draft, internal, customer: always all four
+
+
+def addresses_of(msg: MessageFacts) -> set[str]:
+    """Every address in From, To and Cc, lower-cased."""
+    return {address for _, address in _addresses_by_field(msg)}
+
+
+def decide(
+    msg: MessageFacts,
+    *,
+    mailbox_address: str,
+    internal_addresses: frozenset[str],
+    primary_addresses: Iterable[PrimaryAddress],
+    deals: Iterable[DealMembership] = (),
+) -> Decision:
+    """Apply the rules to one message: folder, draft flag, internal, customer, in that order.
+
+    ``internal_addresses``: the addresses of every mailbox ever connected by anyone,
+    including disconnected and Problematic ones (it may include ``mailbox_address``).
+    ``primary_addresses``: primary address history entries; entries for addresses not
+    in the message are ignored. Additional contact addresses must not be passed: they
+    never match.
+    """
+    folder_reason, folder_verdict = _folder_rule(msg)
+    draft_reason, draft_verdict = _draft_rule(msg)
+    internal_reason, internal_verdict = _internal_rule(msg, mailbox_address, internal_addresses)
+    matches, customer_verdict = _customer_rule(msg, list(primary_addresses), list(deals))
+    customer_reason = None if matches else "no_customer"
+
+    reasons = (folder_reason, draft_reason, internal_reason, customer_reason)
+    ignore_reason = next((reason for reason in reasons if reason), None)
+    logged = ignore_reason is None
+    return Decision(
+        logged=logged,
+        ignore_reason=ignore_reason,
+        matches=matches if logged else (),
+        verdicts=(folder_verdict, draft_verdict, internal_verdict, customer_verdict),
+    )
+
+
+def _folder_rule(msg: MessageFacts) -> tuple[str | None, Verdict]:
+    special_use = (msg.folder_special_use or "").lower()
+    reason = _IGNORED_FOLDERS.get(special_use)
+    if reason:
+        name = _FOLDER_WORDS[reason]
+        return reason, Verdict(
+            "folder",
+            False,
+            f"The email is in the {name} folder (special use {msg.folder_special_use}); "
+            f"emails in Drafts, Junk and Trash are never logged.",
+        )
+    where = f"special use {msg.folder_special_use}" if msg.folder_special_use else "no special use"
+    return None, Verdict(
+        "folder",
+        True,
+        f"The email's folder ({where}) is synced: only Drafts, Junk and Trash are skipped.",
+    )
+
+
+def _draft_rule(msg: MessageFacts) -> tuple[str | None, Verdict]:
+    if any(flag.lower() == "\\draft" for flag in msg.flags):
+        return "draft_flag", Verdict(
+            "draft",
+            False,
+            "The mail server marks the email as a draft (IMAP flag \\Draft); "
+            "drafts are never logged.",
+        )
+    return None, Verdict(
+        "draft",
+        True,
+        "The email is not marked as a draft (no IMAP \\Draft flag).",
+    )
+
+
+def _internal_rule(
+    msg: MessageFacts, mailbox_address: str, internal_addresses: Iterable[str]
+) -> tuple[str | None, Verdict]:
+    internal = _lowered(frozenset(internal_addresses))
+    own = mailbox_address.lower()
+    # The synced mailbox does not count against itself: its address is in all its email.
+    hits = [
+        f"{address} ({field.capitalize()})"
+        for field, address in _addresses_by_field(msg)
+        if address != own and address in internal
+    ]
+    if hits:
+        return "internal", Verdict(
+            "internal",
+            False,
+            f"{', '.join(hits)} {'is the address' if len(hits) == 1 else 'are addresses'} "
+            f"of another mailbox connected to the CRM (now or in the past); emails involving "
+            f"another connected mailbox are never logged.",
+        )
+    return None, Verdict(
+        "internal",
+        True,
+        f"No address in From, To or Cc belongs to another connected mailbox "
+        f"(the synced mailbox {own} itself does not count).",
+    )
+
+
+def _customer_rule(
+    msg: MessageFacts, history: list[PrimaryAddress], deals: list[DealMembership]
+) -> tuple[tuple[Match, ...], Verdict]:
+    """One Match per customer whose primary address (at the message's time) is in the message.
+
+    Matches are ordered as the addresses appear (From, then To, then Cc).
+    """
+    positions: dict[str, tuple[int, str]] = {}  # address -> (first position, its field)
+    for position, (field, address) in enumerate(_addresses_by_field(msg)):
+        positions.setdefault(address, (position, field))
+
+    best: dict[int, tuple[int, str, str]] = {}  # customer -> (position, field, address)
+    out_of_window: list[PrimaryAddress] = []
+    for entry in history:
+        address = entry.address.lower()
+        if address not in positions:
+            continue
+        if not _primary_at(entry, msg.when):
+            out_of_window.append(entry)
+            continue
+        position, field = positions[address]
+        if entry.customer_id not in best or position < best[entry.customer_id][0]:
+            best[entry.customer_id] = (position, field, address)
+
+    matched = set(best)
+    deal_of = _deals_in_copy(matched, deals)
+    ordered = sorted(best.items(), key=lambda item: (item[1][0], item[0]))
+    matches = tuple(
+        Match(
+            customer_id=customer_id,
+            field=field,
+            address=address,
+            direction="in" if field == "from" else "out",
+            deal_id=deal_of.get(customer_id),
+        )
+        for customer_id, (_, field, address) in ordered
+    )
+
+    notes = [
+        f"{entry.address} was customer #{entry.customer_id}'s primary address only "
+        f"{_window(entry)}, not at the email's time {_fmt(msg.when)}."
+        for entry in out_of_window
+        if entry.customer_id not in matched
+    ]
+    if matches:
+        found = ", ".join(
+            [
+                f"customer #{m.customer_id} by primary address {m.address} ({m.field.capitalize()})"
+                + (f", additional customer on deal #{m.deal_id}" if m.deal_id is not None else "")
+                for m in matches
+            ]
+        )
+        text = f"Matched {found}."
+    else:
+        checked = sorted(positions)
+        if not checked:
+            text = "The email has no From, To or Cc address, so it matches no customer."
+        else:
+            who = (
+                f"{checked[0]} was not"
+                if len(checked) == 1
+                else f"None of {', '.join(checked)} was"
+            )
+            text = (
+                f"{who} a customer's primary address at the email's time {_fmt(msg.when)} "
+                f"(additional contact addresses never match)."
+            )
+    return matches, Verdict("customer", bool(matches), " ".join([text, *notes]))
+
+
+@lru_cache(maxsize=16)
+def _lowered(addresses: frozenset[str]) -> frozenset[str]:
+    """The addresses lower-cased. Cached: the sync passes one set (of every mailbox ever
+    connected) for each of thousands of messages, and frozenset() of a frozenset is itself."""
+    return frozenset(address.lower() for address in addresses)
+
+
+def _primary_at(entry: PrimaryAddress, when: datetime) -> bool:
+    """Was this the customer's primary address at ``when``? since <= when < until."""
+    return (entry.since is None or entry.since <= when) and (
+        entry.until is None or when < entry.until
+    )
+
+
+def _deals_in_copy(matched: set[int], deals: list[DealMembership]) -> dict[int, int]:
+    """customer -> deal, for each matched customer who is an additional customer on a deal
+    another member of which (any role) is matched too; the lowest deal id when several."""
+    members: dict[int, set[int]] = {}
+    for membership in deals:
+        members.setdefault(membership.deal_id, set()).add(membership.customer_id)
+    found: dict[int, int] = {}
+    for membership in sorted(deals, key=lambda m: m.deal_id):
+        customer = membership.customer_id
+        if (
+            membership.role == "additional"
+            and customer in matched
+            and customer not in found
+            and (members[membership.deal_id] - {customer}) & matched
+        ):
+            found[customer] = membership.deal_id
+    return found
+
+
+def _addresses_by_field(msg: MessageFacts) -> list[tuple[str, str]]:
+    """(field, lower-cased address) for From, To, Cc, in order."""
+    return [
+        (field, address.strip().lower())
+        for field, addresses in zip(_FIELDS, (msg.from_, msg.to, msg.cc), strict=True)
+        for address in addresses
+        if address.strip()
+    ]
+
+
+def _window(entry: PrimaryAddress) -> str:
+    if entry.since is not None and entry.until is not None:
+        return f"from {_fmt(entry.since)} until {_fmt(entry.until)}"
+    if entry.since is not None:
+        return f"from {_fmt(entry.since)}"
+    return f"until {_fmt(entry.until)}"
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,14 @@
+"""The data model, one module per aggregate. Import from here."""
+from portal.models.audit import AuditEvent, Setting
+from portal.models.crm import Customer, CustomerContactEmail, CustomerPrimaryEmail, Deal, DealCustomer
+from portal.models.mailboxes import FolderCheckpoint, Mailbox, MailboxStateChange
+from portal.models.messages import Activity, Email, EmailSource, OutgoingEmail
+from portal.models.runs import SyncRun
+from portal.models.users import ApiToken, User
+
+__all__ = [
+    "Activity", "ApiToken", "AuditEvent", "Customer", "CustomerContactEmail",
+    "CustomerPrimaryEmail", "Deal", "DealCustomer", "Email", "EmailSource",
+    "FolderCheckpoint", "Mailbox", "MailboxStateChange", "OutgoingEmail", "Setting",
+    "SyncRun", "User",
+]

@@ -1,0 +1,68 @@
+import hashlib
+import secrets
+from datetime import datetime
+
+from flask import current_app, has_app_context
+from flask_login import UserMixin
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from portal.extensions import db
+from portal.timeutil import utcnow
+
+ROLES = ("rep", "support", "it", "admin")
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    # The two permissions an admin sets (the seed's "Activities tab" and "Emails").
+    can_see_activities: Mapped[bool] = mapped_column(default=True)
+    can_see_emails: Mapped[bool] = mapped_column(default=True)
+    is_enabled: Mapped[bool] = mapped_column(default=True)
+    last_seen_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    mailboxes = relationship("Mailbox", back_populates="owner", foreign_keys="Mailbox.user_id")
+
+    def set_password(self, password: str) -> None:
+        method = current_app.config.get("EIS_PASSWORD_HASH_METHOD", "scrypt") if has_app_context() else "scrypt"
+        self.password_hash = generate_password_hash(password, method=method)
+
+    def check_password(self, password: str) -> bool:
+        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+
+    @property
+    def is_active(self) -> bool:  # flask-login: disabled users cannot sign in
+        return self.is_enabled
+
+    def __repr__(self) -> str:
+        return f"<User {self.email} {self.role}>"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiToken(db.Model):
+    """A bearer token acting as its user; only the SHA-256 of the token is stored."""
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))  # shown to operators to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user = relationship("User")
+
+    @classmethod
+    def issue(cls, user: User) -> tuple["ApiToken", str]:
+        token = "eis_" + secrets.token_urlsafe(32)
+        return cls(user=user, token_hash=hash_token(token), prefix=token[:12]), token

