@@ -1,0 +1,35 @@
+"""The JSON API (/api/v1): bearer tokens, JSON errors, the OpenAPI document."""
+from flask import Blueprint, g, request
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.models import ApiToken
+from portal.models.users import hash_token
+from portal.timeutil import utcnow
+from portal.web.api.errors import ApiError
+
+bp = Blueprint("api", __name__)
+
+PUBLIC_ENDPOINTS = {"api.openapi"}
+
+
+@bp.before_request
+def authenticate():
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
+    row = db.session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()), ApiToken.revoked_at.is_(None))
+    )
+    if row is None or not row.user.is_enabled:
+        raise ApiError(401, "unauthorized", "The API token is unknown, revoked, or its user is disabled.")
+    row.last_used_at = utcnow()
+    db.session.commit()
+    g.api_user = row.user
+    return None
+
+
+from portal.web.api import crm, mailboxes, openapi  # noqa: E402,F401

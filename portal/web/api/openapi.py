@@ -1,0 +1,262 @@
+"""The OpenAPI 3.1 document: describes exactly the routes of this blueprint.
+
+tests/test_api.py checks that every /api/v1 route is documented and nothing else is.
+"""
+from portal.web.api import bp
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema_ref: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+
+
+def _body(schema_ref: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+
+
+EXTERNAL_ID = {"name": "external_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
+MAILBOX_ID = {"name": "mailbox_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+COMMON_ERRORS = {"401": _error("Missing, unknown or revoked token"), "403": _error("The token's user may not do this")}
+WRITE_ERRORS = {
+    "400": _error("Body is not valid JSON"),
+    "415": _error("Body is not JSON"),
+    "422": _error("A field is unknown, missing or invalid (`fields`/`field` names it); nothing was written"),
+}
+
+ADDRESS = {"type": "string", "format": "email"}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error", "message"],
+        "properties": {"error": {"type": "string", "description": "machine-readable code"},
+                       "message": {"type": "string", "description": "a sentence for a person"},
+                       "field": {"type": "string"}, "fields": {"type": "array", "items": {"type": "string"}}},
+    },
+    "CustomerInput": {
+        "type": "object", "additionalProperties": False, "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 300},
+            "primary_email": {"type": ["string", "null"], "format": "email",
+                              "description": "null or empty removes the primary address (history kept)"},
+            "primary_email_since": {"type": ["string", "null"], "format": "date-time",
+                                    "description": "when a changed primary_email became primary; default now. "
+                                                   "A customer's first address matches email of any date."},
+            "additional_emails": {"type": "array", "items": ADDRESS,
+                                  "description": "contact addresses; never matched against email"},
+        },
+    },
+    "Customer": {
+        "type": "object",
+        "properties": {
+            "external_id": {"type": "string"}, "name": {"type": "string"},
+            "primary_email": {"type": ["string", "null"]},
+            "primary_email_history": {"type": "array", "items": {"type": "object", "properties": {
+                "address": {"type": "string"}, "since": NULLABLE_TIME, "until": NULLABLE_TIME}}},
+            "additional_emails": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "DealInput": {
+        "type": "object", "additionalProperties": False, "required": ["name", "customers"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 300},
+            "owner_email": {"type": ["string", "null"], "format": "email", "description": "an existing user"},
+            "customers": {"type": "array", "description": "each customer once, at most one primary",
+                          "items": {"type": "object", "additionalProperties": False,
+                                    "required": ["external_id", "role"],
+                                    "properties": {"external_id": {"type": "string"},
+                                                   "role": {"enum": ["primary", "additional"]}}}},
+        },
+    },
+    "Deal": {
+        "type": "object",
+        "properties": {"external_id": {"type": "string"}, "name": {"type": "string"},
+                       "owner_email": {"type": ["string", "null"]},
+                       "customers": {"type": "array", "items": {"type": "object", "properties": {
+                           "external_id": {"type": "string"}, "role": {"type": "string"}}}}},
+    },
+    "Activity": {
+        "type": "object",
+        "required": ["id", "message_id", "subject", "from", "to", "cc", "date", "direction", "mailbox_id"],
+        "properties": {
+            "id": {"type": "integer"}, "email_id": {"type": "integer"},
+            "message_id": {"type": ["string", "null"]}, "subject": {"type": "string"},
+            "from": {"type": ["string", "null"]}, "from_name": {"type": ["string", "null"]},
+            "to": {"type": "array", "items": {"type": "string"}},
+            "cc": {"type": "array", "items": {"type": "string"}},
+            "date": NULLABLE_TIME,
+            "direction": {"enum": ["in", "out"], "description": "in: from the customer; out: to the customer"},
+            "mailbox_id": {"type": ["integer", "null"]},
+            "matched_field": {"enum": ["from", "to", "cc"]},
+            "deal_external_id": {"type": ["string", "null"],
+                                 "description": "set when logged as an additional customer of this deal in copy"},
+            "attachments": {"type": "array", "items": {"type": "object", "properties": {
+                "filename": {"type": "string"}, "content_type": {"type": "string"}, "size": {"type": "integer"}}}},
+            "text_body": {"type": ["string", "null"], "description": "only for users allowed to see Emails"},
+        },
+    },
+    "MailboxInput": {
+        "type": "object", "additionalProperties": False,
+        "required": ["address", "password", "imap_host", "imap_port", "imap_security"],
+        "properties": {
+            "address": ADDRESS,
+            "login": {"type": "string", "description": "default: the address"},
+            "password": {"type": "string", "writeOnly": True, "description": "tried before anything is saved; "
+                                                                           "stored encrypted, never returned"},
+            "imap_host": {"type": "string"}, "imap_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "imap_security": {"enum": ["ssl", "starttls", "none"]},
+            "smtp_host": {"type": "string"}, "smtp_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "smtp_security": {"enum": ["ssl", "starttls", "none"]},
+        },
+    },
+    "Mailbox": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"}, "address": {"type": "string"},
+            "provider": {"enum": ["imap", "microsoft", "google"]}, "owner_email": {"type": "string"},
+            "state": {"enum": ["pending", "active", "problematic", "disconnected"]},
+            "reason": {"type": ["string", "null"], "description": "why Problematic, or the last transient fault "
+                                                                  "while retrying (auth_failed, server_unreachable, ...)"},
+            "detail": {"type": ["string", "null"], "description": "the provider's own words"},
+            "imap_host": {"type": ["string", "null"]}, "imap_port": {"type": ["integer", "null"]},
+            "imap_security": {"type": ["string", "null"]}, "smtp_host": {"type": ["string", "null"]},
+            "smtp_port": {"type": ["integer", "null"]}, "smtp_security": {"type": ["string", "null"]},
+            "connected_at": {"type": "string", "format": "date-time"},
+            "last_sync_at": NULLABLE_TIME, "last_success_at": NULLABLE_TIME, "next_sync_at": NULLABLE_TIME,
+            "consecutive_failures": {"type": "integer"},
+            "job": {"type": ["string", "null"], "description": "queued / started while a sync job is live"},
+            "runs": {"type": "array", "items": {"$ref": "#/components/schemas/SyncRun"},
+                     "description": "the 20 most recent runs (GET /mailboxes/{id} only)"},
+        },
+    },
+    "SyncRun": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"}, "trigger": {"enum": ["scheduled", "manual", "adhoc", "backfill", "resync"]},
+            "status": {"enum": ["running", "succeeded", "failed"]},
+            "started_at": {"type": "string", "format": "date-time"}, "finished_at": NULLABLE_TIME,
+            "heartbeat_at": {"type": "string", "format": "date-time"},
+            "phase": {"type": ["string", "null"]}, "progress_done": {"type": "integer"},
+            "progress_total": {"type": "integer"}, "seen": {"type": "integer"}, "logged": {"type": "integer"},
+            "duplicates": {"type": "integer"},
+            "ignored": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "count by reason: internal, no_customer, draft_flag, ..."},
+            "bad_messages": {"type": "integer"}, "bytes_fetched": {"type": "integer"},
+            "imap_commands": {"type": "integer"}, "error_class": {"type": ["string", "null"]},
+            "error_detail": {"type": ["string", "null"]},
+        },
+    },
+    "Activities": {
+        "type": "object",
+        "properties": {"customer": {"type": "string"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                       "activities": {"type": "array", "items": {"$ref": "#/components/schemas/Activity"}}},
+    },
+}
+
+PATHS = {
+    "/customers/{external_id}": {
+        "put": {
+            "summary": "Create or update a customer (roles: admin, it)",
+            "description": "A changed primary_email closes the old address's history entry and opens a new one "
+                           "at primary_email_since (default now). Emails already logged stay.",
+            "parameters": [EXTERNAL_ID], "requestBody": _body("CustomerInput"),
+            "responses": {"200": _json("Customer", "Updated"), "201": _json("Customer", "Created"),
+                          **COMMON_ERRORS, **WRITE_ERRORS},
+        },
+        "get": {
+            "summary": "Read a customer", "parameters": [EXTERNAL_ID],
+            "responses": {"200": _json("Customer", "The customer"), **COMMON_ERRORS, "404": _error("No such customer")},
+        },
+    },
+    "/deals/{external_id}": {
+        "put": {
+            "summary": "Create or update a deal and its customers (roles: admin, it)",
+            "parameters": [EXTERNAL_ID], "requestBody": _body("DealInput"),
+            "responses": {"200": _json("Deal", "Updated"), "201": _json("Deal", "Created"),
+                          **COMMON_ERRORS, **WRITE_ERRORS},
+        },
+    },
+    "/customers/{external_id}/activities": {
+        "get": {
+            "summary": "Emails logged on a customer, newest first",
+            "description": "Needs the Activities permission; text_body only with the Emails permission.",
+            "parameters": [EXTERNAL_ID,
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+            "responses": {"200": _json("Activities", "The activities"), **COMMON_ERRORS,
+                          "400": _error("Bad limit or offset"), "404": _error("No such customer")},
+        },
+    },
+    "/me/mailboxes": {
+        "post": {
+            "summary": "Link an IMAP/SMTP mailbox to the token's own user (or reconnect a Problematic one)",
+            "description": "The credentials are tried first; nothing is saved when the login fails. A Problematic "
+                           "mailbox of the same address is reconnected in place, keeping its checkpoints (200). "
+                           "The first sync (back-fill) is queued.",
+            "requestBody": _body("MailboxInput"),
+            "responses": {"201": _json("Mailbox", "Linked"), "200": _json("Mailbox", "Reconnected"),
+                          "401": COMMON_ERRORS["401"],
+                          "409": _error("already_connected, or mailbox_taken by another user"),
+                          **WRITE_ERRORS,
+                          "422": _error("invalid input, or the login failed: authentication_failed, "
+                                        "connection_failed, tls_failed, imap_disabled (message has the server's words)")},
+        },
+        "get": {
+            "summary": "The token's user's mailboxes",
+            "responses": {"200": {"description": "The mailboxes", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"mailboxes": {"type": "array", "items": {
+                    "$ref": "#/components/schemas/Mailbox"}}}}}}}, "401": COMMON_ERRORS["401"]},
+        },
+    },
+    "/me/mailboxes/{mailbox_id}": {
+        "delete": {
+            "summary": "Disconnect one of your mailboxes: credentials wiped, logged email kept",
+            "parameters": [MAILBOX_ID],
+            "responses": {"200": _json("Mailbox", "Disconnected"), "401": COMMON_ERRORS["401"],
+                          "404": _error("Not your mailbox")},
+        },
+    },
+    "/mailboxes/{mailbox_id}": {
+        "get": {
+            "summary": "A mailbox's state, reason, provider's words and recent runs (owner, support, it, admin)",
+            "parameters": [MAILBOX_ID],
+            "responses": {"200": _json("Mailbox", "The mailbox"), "401": COMMON_ERRORS["401"],
+                          "404": _error("No such mailbox you may see")},
+        },
+    },
+    "/mailboxes/{mailbox_id}/sync": {
+        "post": {
+            "summary": "Queue a sync now (owner, support, admin); idempotent",
+            "parameters": [MAILBOX_ID],
+            "responses": {"202": {"description": "Queued (queued: true) or already queued/running (queued: false)",
+                                  "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                      "mailbox_id": {"type": "integer"}, "queued": {"type": "boolean"},
+                                      "job": {"type": ["string", "null"]}}}}}},
+                          **COMMON_ERRORS, "404": _error("No such mailbox you may see"),
+                          "409": _error("mailbox_problematic / mailbox_disconnected: reconnect first")},
+        },
+    },
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Email Integration Service API", "version": "1",
+                 "description": "Errors are JSON {error, message}. Authenticate with "
+                                "'Authorization: Bearer <token>' (flask --app portal eis token create)."},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
+        "paths": PATHS,
+    }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return document()

@@ -1,0 +1,61 @@
+"""Request-body checks for the API: unknown fields, types, addresses, each a clear 4xx."""
+from datetime import datetime
+
+from flask import request
+
+from portal.addresses import normalise_address
+from portal.timeutil import parse_iso
+from portal.web.api.errors import ApiError
+
+
+def json_body() -> dict:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'.")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.")
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+    return data
+
+
+def check_fields(data: dict, *, required: set[str], optional: set[str]) -> None:
+    unknown = sorted(set(data) - required - optional)
+    if unknown:
+        raise ApiError(422, "unknown_field", f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
+    missing = sorted(required - set(data))
+    if missing:
+        raise ApiError(422, "missing_field", f"Missing field(s): {', '.join(missing)}.", fields=missing)
+
+
+def string(data: dict, field: str, *, max_length: int = 300, allow_empty: bool = False) -> str:
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_field", f"'{field}' must be a string.", field=field)
+    value = value.strip()
+    if not value and not allow_empty:
+        raise ApiError(422, "invalid_field", f"'{field}' must not be empty.", field=field)
+    if len(value) > max_length:
+        raise ApiError(422, "invalid_field", f"'{field}' is longer than {max_length} characters.", field=field)
+    return value
+
+
+def address(value, field: str) -> str:
+    try:
+        return normalise_address(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_email", f"'{field}': {exc}.", field=field) from None
+
+
+def timestamp(value, field: str) -> datetime:
+    try:
+        return parse_iso(value)
+    except (TypeError, ValueError):
+        raise ApiError(422, "invalid_field", f"'{field}' must be an ISO 8601 timestamp, e.g. 2026-11-27T10:00:00Z.",
+                       field=field) from None
+
+
+def external_id(value: str) -> str:
+    if not value or len(value) > 200 or not value.isprintable():
+        raise ApiError(422, "invalid_external_id", "The external id must be 1 to 200 printable characters.")
+    return value
