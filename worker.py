@@ -12,7 +12,7 @@ from rq import Worker
 
 from portal import create_app
 from portal.jobs import set_worker_app
-from portal.jobs.schedule import start_scheduler_thread
+from portal.jobs.schedule import start_scheduler_process
 from portal.queue import QUEUES, get_redis
 
 
@@ -30,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     set_worker_app(app)
     connection = get_redis(app)
+    scheduler = None
     if not args.burst and not args.no_scheduler:
-        start_scheduler_thread(app)
-    worker = Worker(list(QUEUES), connection=connection, name=args.name)
-    worker.work(burst=args.burst, logging_level=os.environ.get("EIS_LOG_LEVEL", "INFO"))
+        scheduler = start_scheduler_process()
+    try:
+        worker = Worker(list(QUEUES), connection=connection, name=args.name)
+        worker.work(burst=args.burst, logging_level=os.environ.get("EIS_LOG_LEVEL", "INFO"))
+    finally:
+        if scheduler is not None:
+            scheduler.terminate()
+            scheduler.join(10)
     return 0
 
 

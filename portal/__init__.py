@@ -38,6 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "eis.sqlite3")
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
     _refuse_unsafe_secret(app)
+    app.json.ensure_ascii = False  # Czech names stay readable in the API's JSON
 
     from portal import extensions, models, queue, web
     from portal.extensions import csrf, db, htmx, login_manager, migrate

@@ -4,6 +4,8 @@ Safe to run in every worker process: each tick first takes (or keeps) a leader l
 Redis, so one process schedules at a time and another takes over if it dies.
 """
 import logging
+import multiprocessing
+import signal
 import threading
 import time
 import uuid
@@ -101,8 +103,23 @@ def recover_stale_runs(stale_seconds: int, now=None) -> int:
     return len(stale)
 
 
-def start_scheduler_thread(app: Flask) -> threading.Event:
+def _scheduler_process_main() -> None:
+    from portal import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    thread = threading.Thread(target=Scheduler(app).run_forever, args=(stop,), name="eis-scheduler", daemon=True)
-    thread.start()
-    return stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    Scheduler(create_app()).run_forever(stop)
+
+
+def start_scheduler_process() -> multiprocessing.Process:
+    """The scheduler in a process of its own, started with 'spawn'.
+
+    Not a thread of the worker: RQ forks a child for every job, and a fork taken while
+    another thread holds a lock (the import lock, a connection pool's mutex) leaves the
+    child waiting for it forever. That was seen here: a job stuck in an import.
+    """
+    process = multiprocessing.get_context("spawn").Process(
+        target=_scheduler_process_main, name="eis-scheduler", daemon=True)
+    process.start()
+    return process
