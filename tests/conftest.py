@@ -131,13 +131,16 @@ def world(app):
 
 
 @pytest.fixture(scope="session")
-def dovecot(tmp_path_factory):
+def dovecot():
     from tests.servers import Dovecot
 
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"))
+    # Its own folder under /tmp, not pytest's: pytest resets /tmp/pytest-of-<user> to mode
+    # 0700 whenever a pytest session starts, and Dovecot's auth process (user dovecot)
+    # then cannot read the passwd files ("Temporary authentication failure").
+    server = Dovecot()
     server.start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
