@@ -111,7 +111,7 @@ def _is_mail_fault(exc: Exception) -> bool:
     from portal.crypto import SecretError
 
     return isinstance(exc, (imaplib.IMAP4.error, IMAPClientError, socket.error, ssl.SSLError, EOFError,
-                            TimeoutError, SecretError)) or getattr(exc, "is_provider_refusal", False)
+                            TimeoutError, SecretError)) or getattr(exc, "classified", None) is not None
 
 
 def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession) -> None:

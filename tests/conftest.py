@@ -150,3 +150,45 @@ def mail(app, world, dovecot):
 
     app.config["EIS_TLS_CA_FILE"] = str(dovecot.cert_path)
     return MailWorld(app, world, dovecot)
+
+
+@pytest.fixture
+def live_server(app):
+    """The test app served over real HTTP in a thread, for Chromium."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Debian's Chromium (never a downloaded one), as TESTBED.md says; missing it fails."""
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        raise RuntimeError("Chromium is missing: run ./scripts/install-deps.sh (apt-get install chromium)")
+    return {**browser_type_launch_args, "executable_path": chromium,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]}
+
+
+@pytest.fixture
+def signed_in_page(page, live_server):
+    """sign_in(user) -> the Playwright page, signed in through the real form."""
+    from tests.factories import PASSWORD
+
+    def sign_in(user):
+        page.goto(live_server + "/login")
+        page.fill("input[name=email]", user.email)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(live_server + "/")
+        return page
+
+    return sign_in

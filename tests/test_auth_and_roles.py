@@ -66,10 +66,10 @@ def test_unknown_page_is_a_friendly_404(client):
 
 # Every page route and API route, and what each role gets. Pages: 200 allowed, 403 not;
 # anonymous users are sent to sign in (302). API: the status for each role's token.
-PAGE_TABLE = [
-    ("GET", "/", {"rep": 200, "support": 200, "it": 200, "admin": 200}),
-]
-API_TABLE = [
+# Other test modules add their routes in a ROUTE_ROLE_TABLE of the same shape
+# (method, path, json body or None, {role: status}); `{theirs}` is another rep's mailbox.
+ROUTE_ROLE_TABLE = [
+    ("GET", "/", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
     ("PUT", "/api/v1/customers/C-9", {"name": "X"}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
     ("GET", "/api/v1/customers/C-1", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
     ("PUT", "/api/v1/deals/D-9", {"name": "D", "customers": []}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
@@ -83,17 +83,18 @@ API_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_page_route_role_table(world, role):
-    client = world.login(world.user(f"{role}@example.test", role))
-    for method, path, expected in PAGE_TABLE:
-        assert client.open(path, method=method).status_code == expected[role], (method, path, role)
+def all_route_role_rows():
+    """This module's table and every other test module's ROUTE_ROLE_TABLE."""
+    import importlib
+    from pathlib import Path
 
-
-def test_pages_send_anonymous_users_to_sign_in(client):
-    for method, path, _ in PAGE_TABLE:
-        r = client.open(path, method=method)
-        assert r.status_code == 302 and "/login" in r.headers["Location"], path
+    rows = list(ROUTE_ROLE_TABLE)
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        if path.stem == Path(__file__).stem:
+            continue
+        module = importlib.import_module(f"tests.{path.stem}")
+        rows += getattr(module, "ROUTE_ROLE_TABLE", [])
+    return rows
 
 
 def someone_elses_mailbox(world) -> int:
@@ -109,21 +110,51 @@ def someone_elses_mailbox(world) -> int:
     return mailbox.id
 
 
+def _open(client, method, path, body, headers=None):
+    if body is None or path.startswith("/api/"):
+        return client.open(path, method=method, json=body, headers=headers or {})
+    return client.open(path, method=method, data=body, headers=headers or {})
+
+
 @pytest.mark.parametrize("role", ROLES)
-def test_api_route_role_table(world, role):
+def test_route_role_table(world, role):
+    """Pages with a signed-in session (forms carry the session's CSRF token), the API with a token."""
     world.customer("C-1", "c1@example.test")
     theirs = someone_elses_mailbox(world)
-    api = world.api(world.user(f"{role}@example.test", role))
-    for method, path, body, expected in API_TABLE:
+    user = world.user(f"{role}@example.test", role)
+    session = world.login(user)
+    token = world.token(user)
+    csrf = csrf_from(session.get("/").get_data(as_text=True))
+    for method, path, body, expected in all_route_role_rows():
         path = path.format(theirs=theirs)
-        r = api.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {api.token}"})
-        assert r.status_code == expected[role], (method, path, role, r.json)
+        if path.startswith("/api/"):
+            r = _open(world.app.test_client(), method, path, body, {"Authorization": f"Bearer {token}"})
+        else:
+            form = dict(body or {}, csrf_token=csrf) if method == "POST" else body
+            r = _open(session, method, path, form, {"X-CSRFToken": csrf} if method != "GET" else None)
+        assert r.status_code == expected[role], (method, path, role, r.status_code)
+
+
+def test_pages_send_anonymous_users_to_sign_in(client):
+    for method, path, body, _ in all_route_role_rows():
+        if path.startswith("/api/"):
+            continue
+        r = _open(client, method, path.format(theirs=1), body)
+        assert r.status_code in (302, 400), (method, path, r.status_code)  # 400: POST without CSRF
+        if r.status_code == 302:
+            assert "/login" in r.headers["Location"], path
+
+
+def test_api_without_token_is_401(client):
+    for method, path, body, _ in all_route_role_rows():
+        if path.startswith("/api/") and not path.endswith("openapi.json"):
+            assert _open(client, method, path.format(theirs=1), body).status_code == 401, (method, path)
 
 
 def test_every_route_is_in_a_role_table(app):
     import re
 
-    covered = [(method, path.format(theirs=1)) for method, path, *_ in PAGE_TABLE + API_TABLE]
+    covered = [(method, path.format(theirs=1)) for method, path, *_ in all_route_role_rows()]
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static", "auth.login", "auth.logout"):
             continue

@@ -163,7 +163,12 @@ def classify_exception(exc: BaseException) -> Classified:
     Network and TLS failures are told by type; protocol errors (imaplib, imapclient,
     smtplib, authlib's OAuthError) by the server's words. An unknown wrapper exception
     is classified by the exception it was raised from, when its own words say nothing.
+    An exception that already knows its classification (an attribute `classified`, as
+    the OAuth layer raises) is taken at its word.
     """
+    own = getattr(exc, "classified", None)
+    if isinstance(own, Classified):
+        return own
     detail = _words_of(exc)
     return _classified(_reason_of_exception(exc, depth=0), detail)
 
