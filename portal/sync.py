@@ -9,14 +9,16 @@ checkpoint, so a worker killed at any moment loses nothing and duplicates nothin
 from __future__ import annotations
 
 import gzip
+import imaplib
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from portal import mailboxes as mailbox_service
 from portal import runtime_settings
@@ -191,13 +193,22 @@ class MailboxSync:
 
     # -- orchestration --------------------------------------------------------------------
     def sync(self) -> None:
-        caps = self.session.capabilities()
-        condstore = "CONDSTORE" in caps
-        folders = choose_folders(self.session.list_folders())
+        condstore = "CONDSTORE" in self.session.capabilities()
         checkpoints = {cp.name: cp for cp in self.mailbox.checkpoints}
+        # STATUS the known folders before LIST: Dovecot answers STATUS of a large Maildir
+        # INBOX about 20 times slower once a LIST ran in the session (bench/sync.py).
+        statuses = {}
+        for name in checkpoints:
+            try:
+                statuses[name] = self.session.status(name, condstore)
+            except imaplib.IMAP4.error as exc:
+                if isinstance(exc, imaplib.IMAP4.abort):
+                    raise  # the connection is gone, not the folder
+                log.info("mailbox %s: folder %s gone (%s)", self.mailbox.id, name, exc)
+        folders = choose_folders(self.session.list_folders())
         work = []
         for folder in folders:
-            status = self.session.status(folder.name, condstore)
+            status = statuses.get(folder.name) or self.session.status(folder.name, condstore)
             cp = checkpoints.get(folder.name)
             if cp is None:
                 cp = FolderCheckpoint(mailbox_id=self.mailbox.id, name=folder.name, special_use=folder.special_use)
@@ -226,9 +237,12 @@ class MailboxSync:
         batch = self.config["EIS_HEADER_BATCH"]
         new_uids = self.session.uids_above(cp.last_uid)
         self._phase(f"new mail in {folder.name}", len(new_uids))
-        for start in range(0, len(new_uids), batch):
-            chunk = new_uids[start:start + batch]
-            self.process(folder, cp, chunk, advance=lambda cp, chunk=chunk: setattr(cp, "last_uid", max(chunk)))
+
+        def new_mail_done(cp, chunk):
+            cp.last_uid = max(chunk)
+
+        self.run_batches(folder, cp, [new_uids[i:i + batch] for i in range(0, len(new_uids), batch)],
+                         new_mail_done)
         if cp.backfill_below_uid is not None:
             window = self.mailbox.backfill_since or self.mailbox.connected_at
             todo = sorted(self.session.uids_since((window - timedelta(days=1)).date(), cp.backfill_below_uid),
@@ -236,14 +250,12 @@ class MailboxSync:
             if cp.backfill_total is None:
                 cp.backfill_total = len(todo)
             self._phase(f"back-filling {folder.name}", len(todo))
-            for start in range(0, len(todo), batch):
-                chunk = todo[start:start + batch]
 
-                def advance(cp, chunk=chunk):
-                    cp.backfill_below_uid = min(chunk)
-                    cp.backfill_done += len(chunk)
+            def backfill_done(cp, chunk):
+                cp.backfill_below_uid = min(chunk)
+                cp.backfill_done += len(chunk)
 
-                self.process(folder, cp, chunk, advance=advance)
+            self.run_batches(folder, cp, [todo[i:i + batch] for i in range(0, len(todo), batch)], backfill_done)
             cp.backfill_below_uid = None
         cp.uidnext = status.uidnext
         cp.highestmodseq = status.highestmodseq
@@ -258,20 +270,25 @@ class MailboxSync:
         db.session.commit()
 
     # -- one batch, one transaction ---------------------------------------------------------
-    def process(self, folder: Folder, cp: FolderCheckpoint, uids: list[int], advance) -> None:
-        records = self.session.fetch_headers(uids)
+    def run_batches(self, folder: Folder, cp: FolderCheckpoint, chunks: list[list[int]], advance) -> None:
+        for chunk in chunks:
+            self.process(folder, cp, chunk, self.session.fetch_headers(chunk), advance)
+
+    def process(self, folder: Folder, cp: FolderCheckpoint, uids: list[int], records: list[HeaderRecord],
+                advance) -> None:
         fetched_bodies: dict[int, bytes] = {}
         for attempt in range(3):
             try:
                 self._store_batch(folder, cp, records, fetched_bodies)
-                advance(cp)
+                advance(cp, uids)
                 self.run.progress_done += len(uids)
                 self._heartbeat()
                 db.session.commit()
                 return
             except IntegrityError:
                 # Another worker stored the same message (another mailbox) at the same time:
-                # roll back and redo the batch; de-duplication then finds its row.
+                # roll back and redo the batch (its bodies are kept); de-duplication then
+                # finds the other worker's row.
                 db.session.rollback()
                 if attempt == 2:
                     raise
@@ -283,25 +300,36 @@ class MailboxSync:
 
     def _store_batch(self, folder: Folder, cp: FolderCheckpoint, records: list[HeaderRecord],
                      fetched_bodies: dict[int, bytes]) -> None:
-        window = self.mailbox.backfill_since
         ignored = dict(self.run.ignored or {})
         pending: list[_Pending] = []
-        parsed_headers = {}
-        addresses: set[str] = set()
-        for record in records:
-            headers = parse.parse_headers(record.header)
-            parsed_headers[record.uid] = headers
-            addresses |= headers.all_addresses()
-        primaries, deals = self._crm_for(addresses)
+        in_window = [r for r in records if not outside_window(self.mailbox, r)]
         for record in records:
             self.run.seen += 1
             self.run.bytes_fetched += len(record.header)
-            headers = parsed_headers[record.uid]
-            if window is not None and record.internal_date < window:
-                ignored["before_window"] = ignored.get("before_window", 0) + 1
-                continue
+        if len(in_window) < len(records):
+            ignored["before_window"] = ignored.get("before_window", 0) + len(records) - len(in_window)
+        # Most mail involves no customer. An address-shaped scan of the header bytes finds
+        # every address the parser would (and more); one query tells which are customers'.
+        # Only messages naming a customer, or written oddly enough to hide one from the
+        # scan, are parsed in full and decided by the rules.
+        tokens = {r.uid: _address_tokens(r.header) for r in in_window}
+        primaries, deals = self._crm_for(set().union(*tokens.values()) if tokens else set())
+        customer_addresses = {p.address for p in primaries}
+        candidates = []
+        for record in in_window:
+            if tokens[record.uid] & customer_addresses or _unusual(record.header):
+                candidates.append((record, parse.parse_headers(record.header)))
+            else:
+                reason = self._reason_without_customer(record, tokens[record.uid])
+                ignored[reason] = ignored.get(reason, 0) + 1
+        hidden = set().union(*(h.all_addresses() for _, h in candidates)) - set().union(*tokens.values()) \
+            if candidates else set()
+        if hidden:
+            more, more_deals = self._crm_for(hidden)
+            primaries, deals = primaries + more, deals + more_deals
+        for record, headers in candidates:
             decision = rules.decide(
-                _facts(headers, record, folder), mailbox_address=self.mailbox.address,
+                message_facts(headers, record, folder), mailbox_address=self.mailbox.address,
                 internal_addresses=self.internal, primary_addresses=primaries, deals=deals,
             )
             if not decision.logged:
@@ -316,30 +344,28 @@ class MailboxSync:
         known = self._known_emails({p.key for p in pending if p.key})
         need_body = [p for p in pending if p.key is None or p.key not in known]
         self._fetch_bodies(need_body, fetched_bodies)
-        for item in pending:
-            try:
-                self._store_one(folder, cp, item, known)
-            except IntegrityError:
-                raise
-            except Exception as exc:  # a message we cannot store is recorded and skipped
-                self._bad(folder, item.record.uid, f"{type(exc).__name__}: {exc}")
+        with db.session.no_autoflush:  # the batch goes to the database in one flush, at commit
+            for item in pending:
+                self._store_one_guarded(folder, cp, item, known)
+
+    def _store_one_guarded(self, folder: Folder, cp: FolderCheckpoint, item: _Pending, known: dict) -> None:
+        try:
+            self._store_one(folder, cp, item, known)
+        except SQLAlchemyError:
+            raise  # the session is unusable now: the batch is retried or the run fails
+        except Exception as exc:  # a message we cannot read is recorded and skipped
+            self._bad(folder, item.record.uid, f"{type(exc).__name__}: {exc}")
+
+    def _reason_without_customer(self, record: HeaderRecord, tokens: set[str]) -> str:
+        """The reason rules.decide gives a message that names no customer (same order)."""
+        if "\\Draft" in record.flags:
+            return "draft_flag"
+        if (tokens & self.internal) - {self.mailbox.address}:
+            return "internal"
+        return "no_customer"
 
     def _crm_for(self, addresses: set[str]):
-        if not addresses:
-            return [], []
-        rows = db.session.execute(
-            select(CustomerPrimaryEmail.customer_id, CustomerPrimaryEmail.address,
-                   CustomerPrimaryEmail.since, CustomerPrimaryEmail.until)
-            .where(CustomerPrimaryEmail.address.in_(sorted(addresses)))
-        ).all()
-        primaries = [rules.PrimaryAddress(customer_id=r[0], address=r[1], since=r[2], until=r[3]) for r in rows]
-        deals = []
-        customer_ids = {p.customer_id for p in primaries}
-        if customer_ids:
-            deals = [rules.DealMembership(deal_id=d, customer_id=c, role=role) for d, c, role in db.session.execute(
-                select(DealCustomer.deal_id, DealCustomer.customer_id, DealCustomer.role)
-                .where(DealCustomer.customer_id.in_(sorted(customer_ids)))).all()]
-        return primaries, deals
+        return crm_facts_for(addresses)
 
     def _known_emails(self, keys: set[str]) -> dict[str, Email]:
         if not keys:
@@ -377,13 +403,13 @@ class MailboxSync:
             self.run.logged += 1
         else:
             self.run.duplicates += 1
-        source_exists = db.session.scalar(select(EmailSource.id).where(
+        source_exists = email.id is not None and db.session.scalar(select(EmailSource.id).where(
             EmailSource.mailbox_id == self.mailbox.id, EmailSource.folder == folder.name,
             EmailSource.uidvalidity == cp.uidvalidity, EmailSource.uid == item.record.uid))
-        if source_exists is None:
+        if not source_exists:
             db.session.add(EmailSource(email=email, mailbox_id=self.mailbox.id, folder=folder.name,
                                        uidvalidity=cp.uidvalidity, uid=item.record.uid))
-        have = {a.customer_id for a in email.activities} if email.id else set()
+        have = {a.customer_id for a in email.activities}  # in memory for an email new in this batch
         for match in item.decision.matches:
             if match.customer_id in have:
                 continue
@@ -396,13 +422,19 @@ class MailboxSync:
 
     def _new_email(self, item: _Pending) -> Email:
         parsed = parse.parse_message(item.raw)
-        first_from = parsed.from_[0] if parsed.from_ else None
+        # A malformed header line can stop the whole-message parse early, losing headers
+        # the server's own header extract (which the rules decided on) still has.
+        seen = item.headers
+        from_ = parsed.from_ or seen.from_
+        first_from = from_[0] if from_ else None
         email = Email(
-            dedupe_key=item.key, message_id=parsed.message_id, subject=parsed.subject,
-            from_addr=first_from.address if first_from else None, from_name=first_from.name if first_from else None,
-            to_addrs=[{"name": a.name, "address": a.address} for a in parsed.to],
-            cc_addrs=[{"name": a.name, "address": a.address} for a in parsed.cc],
-            date=parsed.date, internal_date=item.record.internal_date,
+            dedupe_key=item.key, message_id=_clip(parsed.message_id or seen.message_id, 998),
+            subject=parsed.subject or seen.subject,
+            from_addr=_clip(first_from.address, 320) if first_from else None,
+            from_name=_clip(first_from.name, 500) if first_from else None,
+            to_addrs=[{"name": a.name, "address": a.address} for a in (parsed.to or seen.to)],
+            cc_addrs=[{"name": a.name, "address": a.address} for a in (parsed.cc or seen.cc)],
+            date=parsed.date or seen.date, internal_date=item.record.internal_date,
             text_body=parsed.text_body, html_body=parsed.html_body, attachments=parsed.attachments,
             raw_gz=gzip.compress(item.raw, compresslevel=6), size=len(item.raw),
             parse_defects=parsed.defects or None,
@@ -420,9 +452,55 @@ class MailboxSync:
         log.warning("mailbox %s %s UID %s not stored: %s", self.mailbox.id, folder.name, uid, reason)
 
 
-def _facts(headers: parse.ParsedHeaders, record: HeaderRecord, folder: Folder) -> rules.MessageFacts:
+_ADDRESS_TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\x80-\xff-]+@[A-Za-z0-9\x80-\xff-]+(?:\.[A-Za-z0-9\x80-\xff-]+)+")
+
+
+def _address_tokens(header: bytes) -> set[str]:
+    return {t.decode("utf-8", "replace").lower().strip(".") for t in _ADDRESS_TOKEN.findall(header)}
+
+
+def _unusual(header: bytes) -> bool:
+    """Syntax the token scan may not see through: quoted local parts, escapes, encoded words
+    around an @ (the parser decodes them); such messages are parsed in full."""
+    return b'"@' in header or b"\\" in header or (b"=?" in header and b"=40" in header)
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    """Values longer than their column (a 600-character display name is real mail) are cut,
+    not refused: PostgreSQL would fail the whole batch on them."""
+    return value[:length] if value and len(value) > length else value
+
+
+def message_facts(headers: parse.ParsedHeaders, record: HeaderRecord, folder: Folder) -> rules.MessageFacts:
+    """The facts the rules decide a message on (the sync and the why-check build them here)."""
     return rules.MessageFacts(
         from_=tuple(a.address for a in headers.from_), to=tuple(a.address for a in headers.to),
         cc=tuple(a.address for a in headers.cc), when=record.internal_date, flags=record.flags,
         folder_special_use=folder.special_use,
     )
+
+
+# -- for the support page "why was / wasn't this email logged?" (portal/diagnose.py) ------------
+def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list[rules.DealMembership]]:
+    """Primary address history entries and deal memberships for these addresses: what the
+    rules compare a message with (the sync and the support page's why-check both use it)."""
+    if not addresses:
+        return [], []
+    rows = db.session.execute(
+        select(CustomerPrimaryEmail.customer_id, CustomerPrimaryEmail.address,
+               CustomerPrimaryEmail.since, CustomerPrimaryEmail.until)
+        .where(CustomerPrimaryEmail.address.in_(sorted(addresses)))
+    ).all()
+    primaries = [rules.PrimaryAddress(customer_id=r[0], address=r[1], since=r[2], until=r[3]) for r in rows]
+    customer_ids = {p.customer_id for p in primaries}
+    deals = []
+    if customer_ids:
+        deals = [rules.DealMembership(deal_id=d, customer_id=c, role=role) for d, c, role in db.session.execute(
+            select(DealCustomer.deal_id, DealCustomer.customer_id, DealCustomer.role)
+            .where(DealCustomer.customer_id.in_(sorted(customer_ids)))).all()]
+    return primaries, deals
+
+
+def outside_window(mailbox: Mailbox, record: HeaderRecord) -> bool:
+    """True when the sync skips the message as older than the mailbox's back-fill window."""
+    return mailbox.backfill_since is not None and record.internal_date < mailbox.backfill_since

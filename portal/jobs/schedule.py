@@ -99,8 +99,28 @@ def recover_stale_runs(stale_seconds: int, now=None) -> int:
         run.error_detail = (f"The worker stopped heart-beating at {run.heartbeat_at.isoformat()}Z "
                             "(killed or lost); the next run continues from the last checkpoint.")
         release_lock_of_run(run)
+        _fail_dead_job(run.job_id)
     db.session.commit()
     return len(stale)
+
+
+def _fail_dead_job(job_id: str | None) -> None:
+    """The killed worker's RQ job still reads "started" until RQ's own clean-up (minutes
+    later); until then the mailbox could not be queued again. Take it out now."""
+    if not job_id:
+        return
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+    from rq.registry import StartedJobRegistry
+
+    redis = get_redis()
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return
+    if job.get_status(refresh=True) == JobStatus.STARTED:
+        StartedJobRegistry(job.origin, connection=redis).remove_executions(job)
+        job.delete()
 
 
 def _scheduler_process_main() -> None:
