@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from redis import Redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 
 QUEUES = ("send", "sync", "default")  # the order workers take them in
 LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
@@ -44,7 +44,7 @@ def get_queue(name: str, app: Flask | None = None) -> Queue:
 
 
 def enqueue_unique(queue_name: str, job_id: str, func: str, *, kwargs: dict,
-                   timeout: int = SYNC_TIMEOUT) -> tuple[Job, bool]:
+                   timeout: int = SYNC_TIMEOUT, retry: Retry | None = None) -> tuple[Job, bool]:
     """Enqueue `func` under `job_id` unless a live job with that id exists.
 
     Returns (job, created). A finished or failed job with the id is replaced, so a
@@ -55,7 +55,7 @@ def enqueue_unique(queue_name: str, job_id: str, func: str, *, kwargs: dict,
         try:
             job = queue.enqueue_call(
                 func, kwargs=kwargs, job_id=job_id, unique=True, timeout=timeout,
-                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=retry,
             )
             return job, True
         except DuplicateJobError:
@@ -77,6 +77,28 @@ def enqueue_sync(mailbox_id: int, trigger: str, requested_by_id: int | None = No
     return enqueue_unique(
         "sync", sync_job_id(mailbox_id), "portal.jobs.sync.sync_mailbox",
         kwargs={"mailbox_id": mailbox_id, "trigger": trigger, "requested_by_id": requested_by_id},
+    )
+
+
+SEND_TIMEOUT = 10 * 60
+SEND_RETRY_INTERVALS = (10, 60, 300)  # seconds before the 2nd, 3rd and 4th attempt
+
+
+def send_job_id(outgoing_id: int) -> str:
+    return f"send-email-{outgoing_id}"
+
+
+def enqueue_send(outgoing_id: int) -> tuple[Job, bool]:
+    """Queue the sending of one OutgoingEmail; transient faults are retried by RQ
+    (EIS_SEND_RETRY_INTERVALS, e.g. "10,60,300"; tests make them short)."""
+    intervals = current_app.config.get("EIS_SEND_RETRY_INTERVALS") or SEND_RETRY_INTERVALS
+    if isinstance(intervals, str):
+        intervals = [int(part) for part in intervals.split(",") if part.strip()]
+    intervals = [int(i) for i in intervals]
+    return enqueue_unique(
+        "send", send_job_id(outgoing_id), "portal.jobs.send.send_email",
+        kwargs={"outgoing_id": outgoing_id}, timeout=SEND_TIMEOUT,
+        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
     )
 
 

@@ -32,4 +32,4 @@ def authenticate():
     return None
 
 
-from portal.web.api import crm, mailboxes, openapi  # noqa: E402,F401
+from portal.web.api import crm, mailboxes, openapi, send  # noqa: E402,F401

@@ -98,6 +98,11 @@ SCHEMAS = {
             "attachments": {"type": "array", "items": {"type": "object", "properties": {
                 "filename": {"type": "string"}, "content_type": {"type": "string"}, "size": {"type": "integer"}}}},
             "text_body": {"type": ["string", "null"], "description": "only for users allowed to see Emails"},
+            "outgoing": {"type": ["object", "null"], "description": "for email sent from the CRM: its state",
+                         "properties": {"id": {"type": "integer"}, "state": {"enum": ["queued", "sent", "failed"]},
+                                        "reason": {"type": ["string", "null"]},
+                                        "reason_text": {"type": ["string", "null"]},
+                                        "detail": {"type": ["string", "null"]}}},
         },
     },
     "MailboxInput": {
@@ -151,6 +156,51 @@ SCHEMAS = {
             "error_detail": {"type": ["string", "null"]},
         },
     },
+    "SendEmailInput": {
+        "type": "object", "additionalProperties": False,
+        "description": "Every field is checked and each failed precondition has its own error code: "
+                       "activities_not_permitted (403), no_mailbox, mailbox_not_found (404), mailbox_disconnected "
+                       "(409), mailbox_problematic (409, with reason and reconnect_url), mailbox_cannot_send, "
+                       "customer_has_no_email, subject_missing, subject_too_long, body_empty, invalid_cc, "
+                       "attachment_too_large (413, with limit_bytes). Nothing is sent when any fails.",
+        "properties": {
+            "mailbox_id": {"type": "integer", "description": "one of the token user's own connected mailboxes"},
+            "subject": {"type": "string", "minLength": 1, "maxLength": 900},
+            "body": {"type": "string", "minLength": 1,
+                     "description": "plain text; sent as text and as HTML made from it (escaped, line breaks kept)"},
+            "cc": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+                   "description": "addresses, as a list or one comma-separated string"},
+            "idempotency_key": {"type": "string", "maxLength": 150,
+                                "description": "the same key again returns the first email (200) and sends nothing; "
+                                               "also accepted as the Idempotency-Key header"},
+            "attachments": {"type": "array", "description": "at most 10 MB in total (EIS_SEND_MAX_ATTACHMENT_BYTES)",
+                            "items": {"type": "object", "additionalProperties": False,
+                                      "required": ["filename", "content_base64"],
+                                      "properties": {"filename": {"type": "string"},
+                                                     "content_type": {"type": "string"},
+                                                     "content_base64": {"type": "string", "contentEncoding": "base64"}}}},
+        },
+    },
+    "OutgoingEmail": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "state": {"enum": ["queued", "sent", "failed"],
+                      "description": "queued: waiting or being retried after a transient fault (reason says which)"},
+            "reason": {"type": ["string", "null"], "description": "why it failed, or the fault being retried: "
+                                                                  "auth_failed, recipient_refused, server_unreachable, ..."},
+            "reason_text": {"type": ["string", "null"], "description": "the reason in plain words"},
+            "detail": {"type": ["string", "null"], "description": "the mail server's own words"},
+            "message_id": {"type": "string"}, "mailbox_id": {"type": "integer"},
+            "customer": {"type": ["string", "null"], "description": "the customer's external id"},
+            "email_id": {"type": ["integer", "null"], "description": "the email logged on the customer's Activities"},
+            "subject": {"type": "string"}, "cc": {"type": "array", "items": {"type": "string"}},
+            "attachments": {"type": "array", "items": {"type": "object", "properties": {
+                "filename": {"type": "string"}, "content_type": {"type": "string"}, "size": {"type": "integer"}}}},
+            "attempts": {"type": "integer"}, "idempotency_key": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"}, "sent_at": NULLABLE_TIME,
+        },
+    },
     "Activities": {
         "type": "object",
         "properties": {"customer": {"type": "string"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
@@ -190,6 +240,40 @@ PATHS = {
                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "responses": {"200": _json("Activities", "The activities"), **COMMON_ERRORS,
                           "400": _error("Bad limit or offset"), "404": _error("No such customer")},
+        },
+    },
+    "/customers/{external_id}/emails": {
+        "post": {
+            "summary": "Send an email to the customer's primary address from one of your mailboxes",
+            "description": "Logged on the customer's Activities at once (direction out) and queued; the send "
+                           "queue delivers it through the mailbox's SMTP server, retrying transient faults. "
+                           "A refused login fails it and makes the mailbox Problematic. Read its state with "
+                           "GET /outgoing-emails/{id} or on the activity's `outgoing`.",
+            "parameters": [EXTERNAL_ID,
+                           {"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "maxLength": 150}}],
+            "requestBody": _body("SendEmailInput"),
+            "responses": {"202": _json("OutgoingEmail", "Accepted: logged and queued"),
+                          "200": _json("OutgoingEmail", "The same idempotency key again: the first email, "
+                                                        "nothing new sent"),
+                          "401": COMMON_ERRORS["401"],
+                          "403": _error("activities_not_permitted"),
+                          "404": _error("No such customer (not_found), or mailbox_not_found"),
+                          "409": _error("mailbox_problematic (reason, reconnect_url) or mailbox_disconnected"),
+                          "413": _error("attachment_too_large (limit_bytes)"),
+                          **WRITE_ERRORS,
+                          "422": _error("no_mailbox, mailbox_not_found, mailbox_cannot_send, customer_has_no_email, "
+                                        "subject_missing, subject_too_long, body_empty, invalid_cc, or invalid "
+                                        "input")},
+        },
+    },
+    "/outgoing-emails/{outgoing_id}": {
+        "get": {
+            "summary": "An email sent from the CRM: queued, sent or failed with its reason "
+                       "(needs the Activities permission)",
+            "parameters": [{"name": "outgoing_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": _json("OutgoingEmail", "The outgoing email"), "401": COMMON_ERRORS["401"],
+                          "404": _error("No such outgoing email you may see")},
         },
     },
     "/me/mailboxes": {

@@ -47,7 +47,27 @@ def activity_json(activity, *, with_body: bool) -> dict:
         "matched_field": activity.matched_field,
         "deal_external_id": activity.deal.external_id if activity.deal else None,
         "attachments": email.attachments or [],
+        "outgoing": outgoing_state_json(activity),
     }
     if with_body:
         data["text_body"] = email.text_body
     return data
+
+
+def outgoing_state_json(activity) -> dict | None:
+    """For an email sent from the CRM: its state through the send queue (queued, sent,
+    failed with a reason); None for email that was only synced."""
+    if activity.direction != "out":
+        return None
+    from sqlalchemy import select
+
+    from portal.extensions import db
+    from portal.models import OutgoingEmail
+    from portal.send import reason_words
+
+    outgoing = db.session.scalar(select(OutgoingEmail).where(OutgoingEmail.email_id == activity.email_id)
+                                 .order_by(OutgoingEmail.id).limit(1))
+    if outgoing is None:
+        return None
+    return {"id": outgoing.id, "state": outgoing.state, "reason": outgoing.reason,
+            "reason_text": reason_words(outgoing.reason) or None, "detail": outgoing.detail}

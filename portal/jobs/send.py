@@ -1,0 +1,19 @@
+"""Send jobs (queue `send`): one email to a customer, retried by RQ on transient faults."""
+from rq import get_current_job
+
+from portal.jobs import app_context
+
+
+def send_email(outgoing_id: int) -> dict:
+    """Send one OutgoingEmail (enqueued by portal.queue.enqueue_send with its Retry).
+
+    A transient fault raises so that RQ retries; at the last attempt the email is marked
+    failed first. Refusals and rejections finish the job deliberately: retrying cannot help.
+    """
+    from portal.send import send_outgoing
+
+    job = get_current_job()
+    # retries_left counts down as RQ retries; none left (or no RQ at all) is the last chance.
+    last_attempt = job is None or not job.retries_left
+    with app_context():
+        return send_outgoing(outgoing_id, last_attempt=last_attempt)
