@@ -46,9 +46,9 @@ def open_session(mailbox: Mailbox) -> ImapSession:
         if mailbox.provider == "imap":
             session.login_password(mailbox.login, crypto.decrypt(mailbox.secret_encrypted))
         else:
-            from portal.oauth import access_token_for  # OAuth providers
+            from portal.oauth import login_imap  # OAuth providers: XOAUTH2, refreshed once if refused
 
-            session.login_xoauth2(mailbox.login or mailbox.address, access_token_for(mailbox))
+            login_imap(session, mailbox)
     except BaseException:
         session.close()
         raise

@@ -25,3 +25,30 @@ EIS_HEADER_BATCH = 500
 EIS_BODY_BATCH_BYTES = 8 * 1024 * 1024
 EIS_RUN_STALE_SECONDS = 300
 EIS_TLS_CA_FILE = None
+
+# Microsoft 365 / Outlook and Google over OAuth (portal/oauth.py). A provider without a
+# client id is shown as "not configured". The metadata URL is the OpenID discovery document:
+# overriding it points the whole flow at another authorization server. Microsoft's default
+# is built from EIS_MICROSOFT_TENANT.
+EIS_MICROSOFT_CLIENT_ID = None
+EIS_MICROSOFT_CLIENT_SECRET = None
+EIS_MICROSOFT_TENANT = "common"
+EIS_MICROSOFT_METADATA_URL = None
+EIS_MICROSOFT_IMAP_HOST = "outlook.office365.com"
+EIS_MICROSOFT_IMAP_PORT = 993
+EIS_MICROSOFT_IMAP_SECURITY = "ssl"
+EIS_MICROSOFT_SMTP_HOST = "smtp.office365.com"
+EIS_MICROSOFT_SMTP_PORT = 587
+EIS_MICROSOFT_SMTP_SECURITY = "starttls"
+EIS_GOOGLE_CLIENT_ID = None
+EIS_GOOGLE_CLIENT_SECRET = None
+EIS_GOOGLE_METADATA_URL = "https://accounts.google.com/.well-known/openid-configuration"
+EIS_GOOGLE_IMAP_HOST = "imap.gmail.com"
+EIS_GOOGLE_IMAP_PORT = 993
+EIS_GOOGLE_IMAP_SECURITY = "ssl"
+EIS_GOOGLE_SMTP_HOST = "smtp.gmail.com"
+EIS_GOOGLE_SMTP_PORT = 465
+EIS_GOOGLE_SMTP_SECURITY = "ssl"
+EIS_OAUTH_REDIRECT_BASE_URL = None  # e.g. https://crm-mail.example.com; None: the request's own host
+EIS_OAUTH_REFRESH_MARGIN_SECONDS = 300  # refresh an access token this long before it expires
+EIS_OAUTH_HTTP_TIMEOUT_SECONDS = 20

@@ -5,6 +5,7 @@ Thin on purpose: it speaks the protocol and hands back plain data; sync.py decid
 from __future__ import annotations
 
 import ssl
+import types
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -69,11 +70,13 @@ class ImapSession:
         imap = self.client._imap
         original = imap._command
 
-        def counted(name, *args):
+        def counted(_imap, name, *args):
             self.commands += 1
             return original(name, *args)
 
-        imap._command = counted
+        # A bound method, not a plain function: imaplib tells an AUTHENTICATE callback from a
+        # literal by `type(literal) is type(self._command)`.
+        imap._command = types.MethodType(counted, imap)
 
     def __enter__(self) -> "ImapSession":
         return self

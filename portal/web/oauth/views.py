@@ -1,0 +1,175 @@
+"""The authorization-code flow, from the "Connect Outlook" / "Connect Google" button to the
+mailbox linked to the signed-in user (and no one else).
+
+connect (POST, CSRF) and reconnect (POST, CSRF) send the browser to the provider; the
+callback takes the flow back by its state, only for the user who began it in this browser
+session, exchanges the code, checks the account and the scopes, tries IMAP, and links.
+"""
+import logging
+
+from flask import abort, current_app, flash, redirect, request, session, url_for
+from flask_login import current_user
+from redis.exceptions import RedisError
+
+from portal import oauth
+from portal import mailboxes as mailbox_service
+from portal.extensions import db
+from portal.mail.errors import plain_words
+from portal.models import Mailbox
+from portal.models.audit import record
+from portal.queue import enqueue_sync
+from portal.runtime_settings import get as setting
+from portal.web.oauth import bp
+from portal.web.roles import ALL_ROLES, roles_required
+
+log = logging.getLogger(__name__)
+SESSION_KEY = "eis_oauth_states"  # the states begun in this browser session
+MAX_PENDING = 5
+
+
+@bp.app_template_global("oauth_providers")
+def _oauth_providers():
+    return oauth.all_providers()
+
+
+@bp.app_template_global("oauth_provider")
+def _oauth_provider(name):
+    return oauth.get_provider(name)
+
+
+def _provider_or_404(name: str) -> oauth.Provider:
+    provider = oauth.get_provider(name)
+    if provider is None:
+        abort(404, description="There is no such email provider.")
+    return provider
+
+
+def _accounts_url() -> str:
+    if "mailboxes.mine" in current_app.view_functions:
+        return url_for("mailboxes.mine")
+    return url_for("main.index")
+
+
+def _redirect_uri(provider: oauth.Provider) -> str:
+    """The callback URL registered with the provider; EIS_OAUTH_REDIRECT_BASE_URL behind a proxy."""
+    base = current_app.config.get("EIS_OAUTH_REDIRECT_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for("oauth.callback", provider=provider.name)
+    return url_for("oauth.callback", provider=provider.name, _external=True)
+
+
+def _not_configured(provider: oauth.Provider):
+    flash(f"Connecting {provider.title} accounts is not configured on this server yet. Ask your administrator: "
+          f"the operators set {provider.env_prefix}CLIENT_ID and {provider.env_prefix}CLIENT_SECRET.", "error")
+    return redirect(_accounts_url())
+
+
+def _begin(provider: oauth.Provider, mailbox: Mailbox | None = None):
+    if not provider.configured:
+        return _not_configured(provider)
+    try:
+        url, flow = oauth.begin_authorization(provider, current_user, _redirect_uri(provider), mailbox)
+    except oauth.OAuthFailure as exc:
+        flash(f"{provider.title}'s sign-in service cannot be reached right now; please try again in a moment. "
+              f"({exc.classified.detail})", "error")
+        return redirect(_accounts_url())
+    except RedisError:
+        log.warning("could not store an OAuth flow", exc_info=True)
+        flash("The service cannot start a sign-in right now; please try again in a moment.", "error")
+        return redirect(_accounts_url())
+    session[SESSION_KEY] = (session.get(SESSION_KEY) or [])[-(MAX_PENDING - 1):] + [flow.state]
+    return redirect(url)
+
+
+@bp.post("/oauth/<provider>/connect")
+@roles_required(*ALL_ROLES)
+def connect(provider: str):
+    return _begin(_provider_or_404(provider))
+
+
+@bp.post("/oauth/<provider>/reconnect/<int:mailbox_id>")
+@roles_required(*ALL_ROLES)
+def reconnect(provider: str, mailbox_id: int):
+    """Sign in again for a Problematic OAuth mailbox; the callback keeps the mailbox, its
+    checkpoints and history, and refuses any other account."""
+    p = _provider_or_404(provider)
+    mailbox = db.session.get(Mailbox, mailbox_id)
+    # Only the owner: another user's mailbox is indistinguishable from a missing one.
+    if mailbox is None or mailbox.user_id != current_user.id or mailbox.provider != p.name:
+        abort(404, description="You have no such email account.")
+    if mailbox.state != "problematic":
+        flash(f"{mailbox.address} is {mailbox.state}, not Problematic: there is nothing to reconnect.", "info")
+        return redirect(_accounts_url())
+    return _begin(p, mailbox)
+
+
+@bp.get("/oauth/<provider>/callback")
+@roles_required(*ALL_ROLES)
+def callback(provider: str):
+    p = _provider_or_404(provider)
+    state = request.args.get("state", "")
+    pending = session.get(SESSION_KEY) or []
+    try:
+        flow = oauth.take_flow(state, p.name, current_user, in_session=state in pending)
+    except oauth.FlowRefused as exc:
+        abort(exc.status, description=str(exc))
+    session[SESSION_KEY] = [s for s in pending if s != state]
+
+    if request.args.get("error"):
+        classified = oauth.classify_oauth_error(request.args["error"], request.args.get("error_description"))
+        return _refused(p, flow, classified.reason, classified.detail, _declined_words(p, classified))
+    code = request.args.get("code")
+    if not code:
+        abort(400, description=f"{p.title} sent no authorization code back. Start connecting again.")
+    try:
+        auth = oauth.complete_authorization(p, flow, code)
+        mailbox, reconnected = oauth.link_oauth_mailbox(current_user, auth, flow)
+    except oauth.OAuthFailure as exc:
+        db.session.rollback()
+        words = exc.message + (f" {p.title} said: {exc.classified.detail}" if exc.classified.detail else "")
+        return _refused(p, flow, exc.reason, exc.classified.detail, words, exc.missing_scopes)
+    except mailbox_service.LinkError as exc:
+        db.session.rollback()
+        return _refused(p, flow, exc.code, exc.classified.detail if exc.classified else str(exc), str(exc))
+    db.session.commit()
+    queued = _queue_sync(mailbox, "manual" if reconnected else "backfill")
+    if reconnected:
+        message = f"{mailbox.address} is reconnected; syncing continues where it stopped."
+    else:
+        message = (f"{mailbox.address} is connected with {p.title}. The first sync brings in the last "
+                   f"{setting('backfill_days')} days of customer email.")
+    if queued is None:
+        flash(message + " The sync queue is not reachable right now; the sync starts once it is.", "error")
+    else:
+        flash(message, "success")
+    return redirect(_accounts_url())
+
+
+def _declined_words(p: oauth.Provider, classified) -> str:
+    if classified.reason == "consent_missing":
+        return (f"{p.title} did not give the CRM access: the permissions were declined or need an "
+                f"administrator's approval. Ask IT to grant them. {p.title} said: {classified.detail}")
+    return (f"{p.title} did not complete the sign-in. {plain_words(classified.reason)} "
+            f"{p.title} said: {classified.detail}")
+
+
+def _refused(p: oauth.Provider, flow: oauth.Flow, reason: str, detail: str, words: str, missing: tuple = ()):
+    """Nothing connected: the user is told why, and IT finds the refusal in the audit trail.
+    A Problematic mailbox being reconnected keeps its state; a consent problem updates its reason."""
+    mailbox = db.session.get(Mailbox, flow.mailbox_id) if flow.mailbox_id else None
+    if mailbox is not None and reason == "consent_missing" and mailbox.state == "problematic":
+        mailbox_service.set_state(mailbox, "problematic", reason="consent_missing", detail=detail, actor=current_user)
+    record("mailbox_connect_refused", current_user, mailbox, provider=p.name, reason=reason, detail=detail,
+           missing_scopes=list(missing) or None)
+    db.session.commit()
+    flash(("Not reconnected: " if flow.mailbox_id else "Not connected: ") + words, "error")
+    return redirect(_accounts_url())
+
+
+def _queue_sync(mailbox: Mailbox, trigger: str) -> bool | None:
+    try:
+        _job, created = enqueue_sync(mailbox.id, trigger, current_user.id)
+    except (RedisError, RuntimeError):
+        log.warning("could not queue a sync of mailbox %s", mailbox.id, exc_info=True)
+        return None
+    return created
