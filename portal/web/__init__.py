@@ -11,13 +11,11 @@ BLUEPRINTS = ("auth", "main", "mailboxes", "customers", "support", "it", "admin"
 
 def init_app(app: Flask) -> None:
     import importlib
-    import importlib.util
 
     from portal.web.api import bp as api_bp
 
     for name in BLUEPRINTS:
-        if importlib.util.find_spec(f"portal.web.{name}") is not None:  # areas land one by one
-            app.register_blueprint(importlib.import_module(f"portal.web.{name}").bp)
+        app.register_blueprint(importlib.import_module(f"portal.web.{name}").bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     csrf.exempt(api_bp)  # the API takes bearer tokens only, never the session cookie
 

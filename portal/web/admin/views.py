@@ -1,0 +1,206 @@
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
+
+from portal import runtime_settings
+from portal.extensions import db
+from portal.models import Mailbox, User
+from portal.models.audit import record
+from portal.models.mailboxes import PROVIDERS, STATES
+from portal.models.users import ROLES
+from portal.web.admin import bp
+from portal.web.admin.forms import SettingsForm, UserForm
+from portal.web.admin.health import gather
+from portal.web.admin.resync import resync
+from portal.web.roles import roles_required
+from portal.web.support.listing import (
+    REASONS, MailboxFilters, Page, arg, get_or_404, mailbox_page, ops_page, page_number, state_counts,
+    whole_number,
+)
+
+USERS_PER_PAGE = 100
+CONFIRM_SHOWN = 50  # mailboxes listed by name on the confirm step
+MAX_SELECTED = 1000
+
+
+# -- users -------------------------------------------------------------------------------------
+@bp.get("/users")
+@roles_required()
+def users():
+    return _users_page()
+
+
+@bp.post("/users/<int:user_id>")
+@roles_required()
+def update_user(user_id: int):
+    user = get_or_404(User, user_id)
+    form = UserForm()
+    if not form.validate_on_submit():
+        errors = "; ".join(e for field in form.errors.values() for e in field)
+        flash(f"{user.email} was not changed: {errors or 'the form was incomplete'}.", "error")
+        return _users_page(status=400)
+    before = _permissions(user)
+    after = {"role": form.role.data, "can_see_activities": bool(form.can_see_activities.data),
+             "can_see_emails": bool(form.can_see_emails.data)}
+    if before["role"] == "admin" and after["role"] != "admin" and _enabled_admins() <= 1:
+        flash(f"{user.email} is the only administrator: make someone else an admin first.", "error")
+        return _users_page(status=400)
+    if before == after:
+        flash(f"Nothing to change for {user.email}.", "info")
+        return redirect(url_for(".users", **_keep_page()))
+    user.role, user.can_see_activities, user.can_see_emails = after["role"], after["can_see_activities"], \
+        after["can_see_emails"]
+    record("user_changed", current_user, user, email=user.email, before=before, after=after)
+    db.session.commit()
+    changed = ", ".join(f"{k.replace('_', ' ')}: {_yes(before[k])} → {_yes(after[k])}"
+                        for k in after if before[k] != after[k])
+    flash(f"{user.email} changed ({changed}).", "success")
+    return redirect(url_for(".users", **_keep_page()))
+
+
+def _users_page(status: int = 200):
+    counts = select(Mailbox.user_id, func.count(Mailbox.id).label("n")).where(
+        Mailbox.state != "disconnected").group_by(Mailbox.user_id).subquery()
+    q = arg("q").lower()
+    statement = select(User, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.user_id == User.id)
+    count = select(func.count(User.id))
+    if q:
+        match = func.lower(User.email).contains(q, autoescape=True) | func.lower(User.name).contains(q, autoescape=True)
+        statement, count = statement.where(match), count.where(match)
+    total = db.session.scalar(count) or 0
+    page = max(1, min(page_number(), -(-total // USERS_PER_PAGE) or 1))
+    rows = db.session.execute(statement.order_by(User.email).limit(USERS_PER_PAGE)
+                              .offset((page - 1) * USERS_PER_PAGE)).all()
+    return render_template("admin/users.html", page=Page(rows, page, USERS_PER_PAGE, total), roles=ROLES,
+                           q=q), status
+
+
+def _permissions(user: User) -> dict:
+    return {"role": user.role, "can_see_activities": bool(user.can_see_activities),
+            "can_see_emails": bool(user.can_see_emails)}
+
+
+def _enabled_admins() -> int:
+    return db.session.scalar(select(func.count(User.id)).where(User.role == "admin", User.is_enabled)) or 0
+
+
+def _keep_page() -> dict:
+    page = whole_number(request.args.get("page"), 2, 10**6)
+    return {"page": page} if page else {}
+
+
+def _yes(value) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+
+
+# -- resync ------------------------------------------------------------------------------------
+@bp.get("/mailboxes")
+@roles_required()
+def mailboxes():
+    filters = MailboxFilters.from_request()
+    page = mailbox_page(filters, page_number())
+    counts = state_counts()
+    return ops_page(
+        "admin/mailboxes.html", "admin/_mailbox_list.html", listing=page, filters=filters, counts=counts,
+        states=STATES, reasons=REASONS, providers=PROVIDERS, problematic_by_reason=_problematic_by_reason(),
+    )
+
+
+@bp.get("/resync")
+@roles_required()
+def resync_confirm():
+    """The confirm step: what a resync will touch, counted, before anything happens."""
+    choice = _choice(request.args)
+    if choice is None:
+        flash("Choose the mailboxes to resync first: tick them in the list, or resync all Problematic ones.", "error")
+        return render_template("admin/resync_confirm.html", choice=None, total=0, sample=[], skipped=0), 400
+    statement, count = choice["query"]
+    total = db.session.scalar(count) or 0
+    skipped = db.session.scalar(count.where(Mailbox.state == "disconnected")) or 0
+    sample = db.session.scalars(statement.options(joinedload(Mailbox.owner)).order_by(Mailbox.id)
+                                .limit(CONFIRM_SHOWN)).all()
+    return render_template("admin/resync_confirm.html", choice=choice, total=total, sample=sample,
+                           skipped=skipped)
+
+
+@bp.post("/resync")
+@roles_required()
+def resync_run():
+    choice = _choice(request.form)
+    if choice is None or request.form.get("confirmed") != "yes":
+        flash("Nothing was resynced: choose the mailboxes and confirm on the confirm step.", "error")
+        return render_template("admin/resync_confirm.html", choice=None, total=0, sample=[], skipped=0), 400
+    statement, _count = choice["query"]
+    mailboxes = db.session.scalars(statement.order_by(Mailbox.id)).all()
+    report = resync(mailboxes, current_user)
+    expected = request.form.get("expected", "")
+    note = ""
+    if whole_number(expected, 0) is not None and int(expected) != len(mailboxes):
+        note = f" {len(mailboxes)} matched when it ran; {expected} were shown on the confirm step."
+    flash(report.sentence() + note + " The worker syncs them in the next minutes; their state shows here.",
+          "success" if report.asked else "info")
+    return redirect(url_for(".mailboxes", state="problematic" if choice["scope"] == "problematic" else None))
+
+
+def _choice(values) -> dict | None:
+    """scope=problematic (optionally reason=R), or scope=selected with mailbox=ID (repeated)."""
+    scope = values.get("scope", "")
+    if scope == "problematic":
+        reason = values.get("reason", "")
+        reason = reason if reason in REASONS else ""
+        where = [Mailbox.state == "problematic"] + ([Mailbox.reason == reason] if reason else [])
+        return {"scope": scope, "reason": reason, "ids": [],
+                "query": (select(Mailbox).where(*where), select(func.count(Mailbox.id)).where(*where))}
+    if scope == "selected":
+        raw = values.getlist("mailbox")
+        if not raw or len(raw) > MAX_SELECTED or not all(whole_number(v) for v in raw):
+            return None
+        ids = sorted({int(v) for v in raw})
+        where = Mailbox.id.in_(ids)
+        return {"scope": scope, "reason": "", "ids": ids,
+                "query": (select(Mailbox).where(where), select(func.count(Mailbox.id)).where(where))}
+    return None
+
+
+def _problematic_by_reason() -> list[tuple[str, int]]:
+    return db.session.execute(
+        select(Mailbox.reason, func.count(Mailbox.id)).where(Mailbox.state == "problematic")
+        .group_by(Mailbox.reason).order_by(func.count(Mailbox.id).desc())
+    ).all()
+
+
+# -- settings ----------------------------------------------------------------------------------
+@bp.route("/settings", methods=["GET", "POST"])
+@roles_required()
+def settings():
+    current = {key: runtime_settings.get(key) for key in runtime_settings.KNOWN}
+    form = SettingsForm(data=current) if request.method == "GET" else SettingsForm()
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            return render_template("admin/settings.html", form=form, current=current, defaults=_defaults()), 400
+        changed = {key: getattr(form, key).data for key in runtime_settings.KNOWN
+                   if getattr(form, key).data != current[key]}
+        if not changed:
+            flash("Nothing changed.", "info")
+            return redirect(url_for(".settings"))
+        for key, value in changed.items():
+            runtime_settings.set_value(key, value)
+        record("settings_changed", current_user, None, before={k: current[k] for k in changed}, after=changed)
+        db.session.commit()
+        flash("Settings saved: " + ", ".join(f"{k.replace('_', ' ')} {current[k]} → {v}" for k, v in changed.items())
+              + ".", "success")
+        return redirect(url_for(".settings"))
+    return render_template("admin/settings.html", form=form, current=current, defaults=_defaults())
+
+
+def _defaults() -> dict:
+    return {key: current_app.config[config_key] for key, (config_key, _l, _h) in runtime_settings.KNOWN.items()}
+
+
+# -- health ------------------------------------------------------------------------------------
+@bp.get("/health")
+@roles_required()
+def health():
+    return ops_page("admin/health.html", "admin/_health.html", health=gather())
+

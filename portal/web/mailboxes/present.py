@@ -1,0 +1,161 @@
+"""How mailboxes and times read on the pages: state in words, what is happening now, dates."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.mail.errors import fix_steps, plain_words
+from portal.models import Mailbox, SyncRun
+from portal.queue import job_state, sync_job_id
+from portal.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+STATE_WORDS = {
+    "pending": "Connecting",
+    "active": "Active",
+    "problematic": "Problematic",
+    "disconnected": "Disconnected",
+}
+STATE_HINTS = {
+    "pending": "Connected; the first sync has not finished yet.",
+    "active": "Syncing normally.",
+    "problematic": "Syncing has stopped until the account is reconnected.",
+    "disconnected": "Deleted: nothing is synced; emails already logged stay.",
+}
+PROVIDER_WORDS = {"imap": "IMAP", "microsoft": "Microsoft 365 / Outlook", "google": "Google"}
+SECURITY_WORDS = {"ssl": "SSL/TLS", "starttls": "STARTTLS", "none": "unencrypted"}
+
+
+@dataclass
+class Now:
+    """What is happening to a mailbox at this moment, from its job and its running SyncRun."""
+    text: str | None = None  # "Queued", "Back-filling 120 of 480", ...
+    kind: str | None = None  # queued | syncing | retrying
+    done: int = 0
+    total: int = 0
+    live: bool = False  # a job is queued or running: the page keeps polling
+    retry_reason: str | None = None
+    retry_words: str | None = None
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+
+def live_job(mailbox: Mailbox) -> str | None:
+    """'queued', 'started', ... while the mailbox has a live sync job; None otherwise or if Redis is down."""
+    if not mailbox.is_syncable:
+        return None
+    try:
+        return job_state(sync_job_id(mailbox.id))
+    except RedisError:
+        log.warning("Redis unavailable while reading the job of mailbox %s", mailbox.id, exc_info=True)
+        return None
+
+
+def running_run(mailbox: Mailbox) -> SyncRun | None:
+    """The mailbox's running SyncRun, if it still heart-beats (a stale one is not 'now')."""
+    stale = timedelta(seconds=current_app.config.get("EIS_RUN_STALE_SECONDS", 300))
+    return db.session.scalar(
+        select(SyncRun).where(SyncRun.mailbox_id == mailbox.id, SyncRun.status == "running",
+                              SyncRun.heartbeat_at >= utcnow() - stale)
+        .order_by(SyncRun.id.desc()).limit(1))
+
+
+def now_of(mailbox: Mailbox) -> Now:
+    if not mailbox.is_syncable:
+        return Now()
+    job = live_job(mailbox)
+    run = running_run(mailbox)
+    now = Now(live=bool(job or run))
+    if run is not None:
+        now.kind = "syncing"
+        now.done, now.total = run.progress_done, run.progress_total
+        phase = run.phase or ""
+        if phase.startswith("back-filling"):
+            now.text = f"Back-filling {run.progress_done} of {run.progress_total}"
+            folder = phase.removeprefix("back-filling").strip()
+            if folder:
+                now.text += f" in {folder}"
+        elif phase.startswith("new mail"):
+            now.text = f"Syncing {phase}"
+            if run.progress_total:
+                now.text += f": {run.progress_done} of {run.progress_total}"
+        else:
+            now.text = "Syncing"
+    elif job == "started":
+        now.kind, now.text = "syncing", "Syncing"
+    elif job:
+        now.kind, now.text = "queued", "Queued"
+    if mailbox.reason:  # a transient fault while still active: we retry with back-off
+        now.retry_reason = mailbox.reason
+        now.retry_words = plain_words(mailbox.reason)
+        if now.kind is None:
+            now.kind = "retrying"
+    return now
+
+
+def problem_of(mailbox: Mailbox) -> dict | None:
+    """Words, steps and the provider's own words for a Problematic mailbox."""
+    if mailbox.state != "problematic":
+        return None
+    reason = mailbox.reason or "protocol_error"
+    return {"reason": reason, "words": plain_words(reason), "steps": fix_steps(reason), "detail": mailbox.detail}
+
+
+def server_line(mailbox: Mailbox) -> str:
+    if mailbox.provider != "imap":
+        return PROVIDER_WORDS.get(mailbox.provider, mailbox.provider)
+    parts = []
+    for kind in ("imap", "smtp"):
+        host, port, security = (getattr(mailbox, f"{kind}_{field}") for field in ("host", "port", "security"))
+        if host:
+            parts.append(f"{kind.upper()} {host}:{port} ({SECURITY_WORDS.get(security or '', security)})")
+    return " · ".join(parts) or "IMAP"
+
+
+# --- times -------------------------------------------------------------------------------------
+
+
+def exact_utc(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def relative_time(value: datetime | None, now: datetime | None = None) -> str:
+    """'just now', '5 min ago', 'in 12 min', '3 h ago', '4 days ago', else the date."""
+    if value is None:
+        return ""
+    now = now or utcnow()
+    seconds = (now - value).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 45:
+        return "in a moment" if future else "just now"
+    if seconds < 90 * 60:
+        amount = f"{max(1, round(seconds / 60))} min"
+    elif seconds < 36 * 3600:
+        amount = f"{round(seconds / 3600)} h"
+    elif seconds < 30 * 86400:
+        amount = f"{round(seconds / 86400)} days"
+    else:
+        return f"{value.day} {value:%b %Y}"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def iso_utc(value: datetime | None) -> str:
+    return "" if value is None else value.replace(microsecond=0).isoformat() + "Z"
+
+
+def register(app_bp) -> None:
+    """Filters and globals the portal's templates use (registered app-wide by the blueprint)."""
+    app_bp.add_app_template_filter(relative_time, "relative_time")
+    app_bp.add_app_template_filter(exact_utc, "exact_utc")
+    app_bp.add_app_template_filter(iso_utc, "iso_utc")
+    app_bp.add_app_template_global(STATE_WORDS, "state_words")

@@ -1,0 +1,191 @@
+"""Support, IT and admins in Chromium: find a Problematic mailbox and read why, ask why an email
+was not logged, resync every Problematic mailbox once the cause is fixed, review accounts and health."""
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from portal.extensions import db
+from portal.models import Mailbox
+from portal.timeutil import utcnow
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+@pytest.fixture
+def shoot(page):
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    def save(name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+    return save
+
+
+@pytest.fixture
+def sales_team(mail, world):
+    """Petra and Tomáš with synced mailboxes and a little customer mail each."""
+    world.customer("C-DVORAK", "dvorak@client.test", name="Karel Dvořák")
+    world.customer("C-NOVAK", "jiri.novak@client.test", name="Jiří Novák")
+    petra, petra_box = mail.rep_with_mailbox("petra")
+    tomas, tomas_box = mail.rep_with_mailbox("tomas")
+    mail.put(petra_box.address, from_="dvorak@client.test", to=petra_box.address, subject="Offer for flat 12")
+    mail.put(tomas_box.address, from_="Jiří Novák <jiri.novak@client.test>", to=tomas_box.address,
+             subject="Viewing on Saturday")
+    mail.put(tomas_box.address, from_=petra_box.address, to=tomas_box.address, cc="dvorak@client.test",
+             subject="Dvořák wants a discount")
+    for box in (petra_box, tomas_box):
+        assert mail.sync(box, "backfill").status == "succeeded"
+    return petra_box, tomas_box
+
+
+def break_password(mail, box) -> None:
+    """IT changes the password on the server: the next sync is refused and the mailbox turns Problematic."""
+    mail.dovecot.set_password(box.address, "changed-on-the-server")
+    run = mail.sync(box)
+    assert run.status == "failed" and db.session.get(Mailbox, box.id).state == "problematic"
+
+
+def test_support_finds_a_problematic_mailbox_reads_why_and_checks_an_email(
+        mail, world, sales_team, signed_in_page, live_server, shoot):
+    petra_box, tomas_box = sales_team
+    break_password(mail, petra_box)
+    page = signed_in_page(world.user("sam@crm.test", "support", name="Sam"))
+
+    page.click("nav[aria-label=Main] >> text=Mailboxes")
+    first_row = page.locator("#mailbox-list tbody tr").first
+    expect(first_row).to_contain_text(petra_box.address)
+    expect(first_row).to_contain_text("Problematic")
+    expect(first_row).to_contain_text("auth_failed")
+    shoot("support-mailboxes.png")
+
+    first_row.locator("a").first.click()
+    expect(page.locator("h1")).to_have_text(petra_box.address)
+    problem = page.locator("section.problem")
+    expect(problem).to_contain_text("The mail server rejected the password or sign-in.")
+    expect(problem).to_contain_text("[AUTHENTICATIONFAILED] Authentication failed.")
+    expect(problem.locator(".who-badge").first).to_have_text("Mailbox owner")
+    expect(page.locator("#runs tbody tr").first).to_contain_text("failed")
+
+    # The check needs the mailbox's own login, which the server now refuses: said plainly, not a crash.
+    page.fill("#why input[name=q]", "offer")
+    page.click("#why button[type=submit]")
+    expect(page.locator("#why-result")).to_contain_text("The mailbox could not be read")
+    expect(page.locator("#why-result")).to_contain_text("auth_failed")
+
+    # Tomáš asks why Petra's note about Dvořák is not on Dvořák's Activities.
+    page.click("nav[aria-label=Main] >> text=Mailboxes")
+    page.fill("input[name=q]", "tomas")
+    expect(page.locator("#mailbox-list tbody tr")).to_have_count(1)
+    assert "q=tomas" in page.url  # the filtered list has its own address
+    page.locator("#mailbox-list tbody tr a").first.click()
+    expect(page.locator("h1")).to_have_text(tomas_box.address)
+    page.fill("#why input[name=q]", "")
+    page.click("#why button[type=submit]")
+    expect(page.locator("#why-result details.why-check")).to_have_count(2)  # the newest emails
+    logged = page.locator("#why-result details.why-check", has_text="Viewing on Saturday")
+    logged.locator("summary").click()
+    expect(logged).to_contain_text("Logged: the rules log it and it is stored.")
+    expect(logged).to_contain_text("Jiří Novák")
+
+    page.fill("#why input[name=q]", "discount")
+    page.click("#why button[type=submit]")
+    check = page.locator("#why-result details.why-check")
+    expect(check).to_have_count(1)
+    expect(check.locator("[data-rule=internal]")).to_have_class("verdict fail")
+    expect(check.locator("[data-rule=internal]")).to_contain_text(petra_box.address)
+    expect(check.locator("[data-rule=customer]")).to_have_class("verdict pass")
+    expect(check).to_contain_text("Karel Dvořák")
+    expect(check).to_contain_text("nothing of this email is stored")
+    shoot("support-mailbox.png")
+
+
+def test_admin_resyncs_every_problematic_mailbox_after_the_fix(
+        mail, world, sales_team, signed_in_page, live_server, shoot):
+    petra_box, tomas_box = sales_team
+    for box in (petra_box, tomas_box):
+        break_password(mail, box)
+    for box in (petra_box, tomas_box):  # IT fixes the cause on the server
+        mail.dovecot.set_password(box.address, "imap-pass-1")
+    page = signed_in_page(world.user("ada@crm.test", "admin", name="Ada"))
+
+    page.click("nav[aria-label=Main] >> text=Admin")
+    page.click("nav[aria-label=Admin] >> text=Mailboxes & resync")
+    page.click("text=Resync all 2 Problematic…")
+    expect(page.locator("h1")).to_have_text("Resync 2 mailboxes?")
+    expect(page.locator("table")).to_contain_text(petra_box.address)
+    expect(page.locator("table")).to_contain_text(tomas_box.address)
+    page.click("text=Yes, resync 2")
+    expect(page.locator(".flash")).to_contain_text("Resync asked for 2 mailboxes.")
+
+    db.session.expire_all()  # this thread plays the worker: forget what it read before the web changed it
+    mail.work()  # the worker runs the queued syncs; the server accepts the login again
+    db.session.expire_all()
+    assert {db.session.get(Mailbox, b.id).state for b in (petra_box, tomas_box)} == {"active"}
+    page.goto(live_server + "/admin/mailboxes")
+    expect(page.locator(".resync-all")).to_contain_text("No mailbox is Problematic.")
+    for box in (petra_box, tomas_box):
+        expect(page.locator("#mailbox-list tr", has_text=box.address)).to_contain_text("Active")
+    page.goto(live_server + f"/support/mailboxes/{petra_box.id}")
+    expect(page.locator("#runs tbody tr").first).to_contain_text("resync")
+    expect(page.locator("#runs tbody tr").first).to_contain_text("succeeded")
+
+
+def test_it_reviews_accounts_and_admin_watches_health(mail, world, sales_team, signed_in_page, live_server, shoot):
+    petra_box, tomas_box = sales_team
+    now = utcnow()
+    owner = world.user("lucie@crm.test", "rep", name="Lucie")
+    db.session.add_all([
+        Mailbox(user_id=owner.id, address="lucie@contoso.test", provider="microsoft", state="active",
+                connected_by_id=owner.id, connected_at=now - timedelta(days=12),
+                scopes_granted=["https://outlook.office.com/IMAP.AccessAsUser.All", "openid", "email", "profile",
+                                "offline_access"],
+                token_refreshed_at=now - timedelta(minutes=20), token_expires_at=now + timedelta(minutes=40)),
+        Mailbox(user_id=owner.id, address="lucie.novak@gmail.test", provider="google", state="problematic",
+                reason="token_revoked", connected_by_id=owner.id, connected_at=now - timedelta(days=40),
+                scopes_granted=["https://mail.google.com/", "openid", "email", "profile"],
+                token_refreshed_at=now - timedelta(days=2), token_expires_at=now - timedelta(days=2),
+                token_refresh_failures=4),
+    ])
+    db.session.commit()
+    page = signed_in_page(world.user("ivan@crm.test", "it", name="Ivan"))
+    page.click("nav[aria-label=Main] >> text=Connected accounts")
+    expect(page.locator(".scope-missing")).to_have_text(["SMTP.Send"])
+    expect(page.locator("tr", has_text="lucie.novak@gmail.test")).to_contain_text("4 failed refreshes in a row")
+    expect(page.locator("tr", has_text=petra_box.address)).to_contain_text("password (no OAuth scopes)")
+    shoot("it-accounts.png")
+
+    from rq import SimpleWorker, Worker
+
+    from portal.models import SyncRun
+    from portal.queue import enqueue_sync, get_queue, get_redis
+
+    # Something to see: a sync waiting, a job that failed, a run whose worker was lost, a worker.
+    stale = world.app.config["EIS_RUN_STALE_SECONDS"]
+    db.session.add(SyncRun(mailbox_id=tomas_box.id, trigger="scheduled", status="running", phase="new mail in INBOX",
+                           started_at=now - timedelta(seconds=stale * 3),
+                           heartbeat_at=now - timedelta(seconds=stale * 2)))
+    db.session.commit()
+    get_queue("default").enqueue("tests.test_pages_ops._failing_job", job_id="nightly-report-7", failure_ttl=600)
+    SimpleWorker([get_queue("default")], connection=get_redis()).work(burst=True)
+    enqueue_sync(petra_box.id, "manual")
+    worker = Worker([get_queue(q) for q in ("send", "sync", "default")], connection=get_redis(), name="worker-1")
+    worker.register_birth()
+    try:
+        page.click("text=Sign out")
+        page = signed_in_page(world.user("ada@crm.test", "admin"))
+        page.goto(live_server + "/admin/health")
+        expect(page.locator("[data-queue=sync] td").nth(1)).to_have_text("1")
+        expect(page.locator("[data-metric=stuck] .metric-n")).to_have_text("1")
+        expect(page.locator("#health")).to_contain_text("RuntimeError: the database went away")
+        expect(page.locator("#health")).to_contain_text("worker-1")
+        expect(page.locator("#health")).to_have_attribute("hx-trigger", "every 10s")
+        shoot("admin-health.png")
+    finally:
+        worker.register_death()
+    db.session.expire_all()
+    mail.work()
+    # The page refreshes itself: the queued sync is gone within one refresh.
+    expect(page.locator("[data-queue=sync] td").nth(1)).to_have_text("0", timeout=15_000)
