@@ -102,20 +102,26 @@ def link_imap_mailbox(user: User, settings: ImapSettings) -> tuple[Mailbox, bool
         setattr(mailbox, field, getattr(settings, field))
     mailbox.secret_encrypted = crypto.encrypt(settings.password)
     mailbox.capabilities = capabilities
-    if existing is None:
+    start_or_reconnect(mailbox, user, reconnect=existing is not None)
+    return mailbox, existing is not None
+
+
+def start_or_reconnect(mailbox: Mailbox, user: User, *, reconnect: bool, **audit) -> None:
+    """The common end of linking, by password or OAuth: a new mailbox gets its back-fill
+    window and first state; a reconnected one goes back to syncing where it stopped."""
+    if not reconnect:
         now = utcnow()
         mailbox.connected_at = now
         mailbox.backfill_since = now - timedelta(days=runtime_settings.get("backfill_days"))
         db.session.add(mailbox)
         db.session.flush()
         set_state(mailbox, "pending", actor=user, first=True)
-        record("mailbox_connected", user, mailbox, address=mailbox.address, provider="imap")
     else:
-        set_state(mailbox, "active" if existing.last_success_at else "pending", actor=user)
-        record("mailbox_reconnected", user, mailbox, address=mailbox.address, provider="imap")
+        set_state(mailbox, "active" if mailbox.last_success_at else "pending", actor=user)
+    record("mailbox_reconnected" if reconnect else "mailbox_connected", user, mailbox,
+           address=mailbox.address, provider=mailbox.provider, **audit)
     mailbox.consecutive_failures = 0
     mailbox.next_sync_at = utcnow()
-    return mailbox, existing is not None
 
 
 def disconnect(mailbox: Mailbox, actor: User) -> None:

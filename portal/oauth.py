@@ -700,7 +700,6 @@ def link_oauth_mailbox(user, auth: Authorization, flow: Flow) -> tuple[Mailbox, 
     its checkpoints and history: no gap, no duplicate.
     """
     from portal import mailboxes as mailbox_service
-    from portal import runtime_settings
     from portal.mailboxes import LinkError
 
     provider = auth.provider
@@ -736,19 +735,5 @@ def link_oauth_mailbox(user, auth: Authorization, flow: Flow) -> tuple[Mailbox, 
             setattr(mailbox, f"{part}_{item}", getattr(provider, f"{part}_{item}"))
     store_tokens(mailbox, auth.token, auth.scopes)
     mailbox.capabilities = capabilities
-    if existing is None:
-        now = utcnow()
-        mailbox.connected_at = now
-        mailbox.backfill_since = now - timedelta(days=runtime_settings.get("backfill_days"))
-        db.session.add(mailbox)
-        db.session.flush()
-        mailbox_service.set_state(mailbox, "pending", actor=user, first=True)
-        record("mailbox_connected", user, mailbox, address=mailbox.address, provider=provider.name,
-               scopes=list(auth.scopes))
-    else:
-        mailbox_service.set_state(mailbox, "active" if existing.last_success_at else "pending", actor=user)
-        record("mailbox_reconnected", user, mailbox, address=mailbox.address, provider=provider.name,
-               scopes=list(auth.scopes))
-    mailbox.consecutive_failures = 0
-    mailbox.next_sync_at = utcnow()
+    mailbox_service.start_or_reconnect(mailbox, user, reconnect=existing is not None, scopes=list(auth.scopes))
     return mailbox, existing is not None

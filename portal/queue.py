@@ -5,6 +5,7 @@ process of this deployment that opens the same file, so the demo needs no set-up
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask, current_app
@@ -100,6 +101,19 @@ def enqueue_send(outgoing_id: int) -> tuple[Job, bool]:
         kwargs={"outgoing_id": outgoing_id}, timeout=SEND_TIMEOUT,
         retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
     )
+
+
+def enqueue_sync_from_page(mailbox_id: int, trigger: str, user_id: int | None) -> bool | None:
+    """For pages: True queued now, False already queued or running, None the queue is down
+    (the page says so; the scheduler still picks the mailbox up by its next_sync_at)."""
+    from redis.exceptions import RedisError
+
+    try:
+        _job, created = enqueue_sync(mailbox_id, trigger, user_id)
+    except (RedisError, RuntimeError):
+        logging.getLogger(__name__).warning("could not queue a sync of mailbox %s", mailbox_id, exc_info=True)
+        return None
+    return created
 
 
 def job_state(job_id: str) -> str | None:

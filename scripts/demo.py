@@ -161,7 +161,6 @@ def main() -> int:
 
 def seed(app, dovecot) -> None:
     from portal import crm
-    from portal import mailboxes as service
     from portal.extensions import db
     from portal.models import ApiToken, User
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from portal.extensions import db
-from portal.models import Email, EmailSource, FolderCheckpoint, Mailbox, MailboxStateChange
+from portal.models import Email, FolderCheckpoint, Mailbox, MailboxStateChange
 from portal.timeutil import utcnow
 
 

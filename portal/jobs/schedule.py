@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import signal
 import threading
-import time
 import uuid
 from datetime import timedelta
 

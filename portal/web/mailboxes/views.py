@@ -4,7 +4,6 @@ import logging
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
@@ -12,7 +11,7 @@ from portal import mailboxes as service
 from portal.extensions import db, htmx
 from portal.models import Mailbox
 from portal.models.audit import record
-from portal.queue import enqueue_sync
+from portal.queue import enqueue_sync_from_page
 from portal.runtime_settings import get as setting
 from portal.web.mailboxes import bp, present
 from portal.web.mailboxes.forms import ConnectForm, ReconnectForm
@@ -59,13 +58,7 @@ def _fragment_or_redirect(mailbox: Mailbox, message: str, category: str = "succe
 
 
 def _queue_sync(mailbox: Mailbox, trigger: str) -> bool | None:
-    """True: queued now; False: a sync was already queued or running; None: the queue is down."""
-    try:
-        _job, created = enqueue_sync(mailbox.id, trigger, current_user.id)
-    except (RedisError, RuntimeError):
-        log.warning("could not queue a sync of mailbox %s", mailbox.id, exc_info=True)
-        return None
-    return created
+    return enqueue_sync_from_page(mailbox.id, trigger, current_user.id)
 
 
 @bp.get("/mailboxes")

@@ -17,7 +17,7 @@ from portal.extensions import db
 from portal.mail.errors import plain_words
 from portal.models import Mailbox
 from portal.models.audit import record
-from portal.queue import enqueue_sync
+from portal.queue import enqueue_sync_from_page
 from portal.runtime_settings import get as setting
 from portal.web.oauth import bp
 from portal.web.roles import ALL_ROLES, roles_required
@@ -167,9 +167,4 @@ def _refused(p: oauth.Provider, flow: oauth.Flow, reason: str, detail: str, word
 
 
 def _queue_sync(mailbox: Mailbox, trigger: str) -> bool | None:
-    try:
-        _job, created = enqueue_sync(mailbox.id, trigger, current_user.id)
-    except (RedisError, RuntimeError):
-        log.warning("could not queue a sync of mailbox %s", mailbox.id, exc_info=True)
-        return None
-    return created
+    return enqueue_sync_from_page(mailbox.id, trigger, current_user.id)
