@@ -17,8 +17,7 @@ from portal.queue import QUEUES, get_redis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--burst", action="store_true", help="run what is queued, then exit")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not run the scheduler loop in this process (another process runs it)")

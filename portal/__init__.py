@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import click
 from flask import Flask
 
 ENV_KEYS = {
@@ -13,8 +14,9 @@ ENV_KEYS = {
 ENV_PREFIX = "EIS_"
 
 
-class ConfigError(RuntimeError):
-    """The deployment's configuration cannot run safely; the message says what to set."""
+class ConfigError(click.ClickException):
+    """The deployment's configuration cannot run safely; the message says what to set.
+    A ClickException, so the `flask ... eis` commands print it as a plain error line."""
 
 
 def create_app(test_config: dict | None = None) -> Flask:
