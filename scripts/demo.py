@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Dovecot, make_message  # noqa: E402
+from tests.servers import Dovecot, SmtpSink, make_message  # noqa: E402
 
 DOMAIN = "reality-demo.test"
 PASSWORD = "demo-password"
@@ -97,6 +97,10 @@ def main() -> int:
     dovecot = Dovecot(instance / "demo-dovecot")
     dovecot.start()
     petra, tomas = (rep_address(local) for local, _ in REPS)
+    # Where the reps' email from the CRM goes: a local SMTP server that accepts their
+    # logins and keeps what it gets (the copy lands in Sent over IMAP, as on any server).
+    smtp = SmtpSink(users={petra: PASSWORD, tomas: PASSWORD})
+    smtp.start()
     fresh = not (instance / "demo-seeded").exists()
     if fresh:
         for address in (petra, tomas):
@@ -117,10 +121,10 @@ def main() -> int:
 
         upgrade()
         if fresh:
-            seed(app, dovecot)
+            seed(app, dovecot, smtp)
             (instance / "demo-seeded").write_text("seeded\n")
         else:
-            relink(app, dovecot)
+            relink(app, dovecot, smtp)
         from portal.queue import get_redis
 
         get_redis(app).ping()  # starts the embedded Redis (when REDIS_URL is unset) for the children
@@ -156,10 +160,11 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         dovecot.stop()
+        smtp.stop()
     return 0
 
 
-def seed(app, dovecot) -> None:
+def seed(app, dovecot, smtp) -> None:
     from portal import crm
     from portal.extensions import db
     from portal.models import ApiToken, User
@@ -183,10 +188,10 @@ def seed(app, dovecot) -> None:
     db.session.add(row)
     db.session.commit()
     (app.instance_path and Path(app.instance_path, "demo-token")).write_text(token + "\n")
-    relink(app, dovecot)
+    relink(app, dovecot, smtp)
 
 
-def relink(app, dovecot) -> None:
+def relink(app, dovecot, smtp) -> None:
     """Link (or, after a restart on new ports, re-point) the reps' mailboxes."""
     from portal import mailboxes as service
     from portal.extensions import db
@@ -198,12 +203,14 @@ def relink(app, dovecot) -> None:
         user = db.session.query(User).filter_by(email=f"{local}@crm.{DOMAIN}").one()
         mailbox = db.session.query(Mailbox).filter_by(address=address).filter(Mailbox.state != "disconnected").first()
         if mailbox is not None:
-            mailbox.imap_port = dovecot.imap_port  # Dovecot got new ports this run
+            mailbox.imap_port = dovecot.imap_port  # the local servers got new ports this run
+            mailbox.smtp_port = smtp.port
             db.session.commit()
             continue
         mailbox, _ = service.link_imap_mailbox(user, service.ImapSettings(
             address=address, login=address, password=PASSWORD, imap_host="127.0.0.1",
-            imap_port=dovecot.imap_port, imap_security="none"))
+            imap_port=dovecot.imap_port, imap_security="none",
+            smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none"))
         db.session.commit()
         enqueue_sync(mailbox.id, "backfill", user.id)
 
