@@ -159,3 +159,26 @@ def register(app_bp) -> None:
     app_bp.add_app_template_filter(exact_utc, "exact_utc")
     app_bp.add_app_template_filter(iso_utc, "iso_utc")
     app_bp.add_app_template_global(STATE_WORDS, "state_words")
+
+
+QUEUE_DOWN = " The sync queue is not reachable right now; the sync starts once it is."
+
+
+def announce_linked(mailbox: Mailbox, reconnected: bool, user_id: int, via: str | None = None) -> None:
+    """After a mailbox is linked or reconnected (password or OAuth): queue its sync and
+    flash what happens next."""
+    from flask import flash
+
+    from portal.queue import enqueue_sync_from_page
+    from portal.runtime_settings import get as setting
+
+    queued = enqueue_sync_from_page(mailbox.id, "manual" if reconnected else "backfill", user_id)
+    if reconnected:
+        message = f"{mailbox.address} is reconnected; syncing continues where it stopped."
+    else:
+        message = (f"{mailbox.address} is connected{f' with {via}' if via else ''}. The first sync brings "
+                   f"in the last {setting('backfill_days')} days of customer email.")
+    if queued is None:
+        flash(message + QUEUE_DOWN, "error")
+    else:
+        flash(message, "success")

@@ -19,7 +19,6 @@ from portal.web.render import page_or_fragment
 from portal.web.roles import ALL_ROLES, roles_required
 
 log = logging.getLogger(__name__)
-QUEUE_DOWN = " The sync queue is not reachable right now; the sync starts once it is."
 SERVER_FIELDS = ("login", "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port", "smtp_security")
 
 
@@ -95,16 +94,7 @@ def connect():
             link_error = str(exc)
         else:
             db.session.commit()
-            queued = _queue_sync(mailbox, "manual" if reconnected else "backfill")
-            if reconnected:
-                message = f"{mailbox.address} is reconnected; syncing continues where it stopped."
-            else:
-                message = (f"{mailbox.address} is connected. The first sync brings in the last "
-                           f"{setting('backfill_days')} days of customer email.")
-            if queued is None:
-                flash(message + QUEUE_DOWN, "error")
-            else:
-                flash(message, "success")
+            present.announce_linked(mailbox, reconnected, current_user.id)
             return redirect(url_for("mailboxes.mine"))
     status = 422 if request.method == "POST" else 200
     return render_template("mailboxes/connect.html", form=form, link_error=link_error), status
@@ -155,7 +145,7 @@ def reconnect(mailbox_id: int):
             queued = _queue_sync(mailbox, "manual")
             message = f"{mailbox.address} is reconnected; syncing continues where it stopped."
             if queued is None:
-                return _fragment_or_redirect(mailbox, message + QUEUE_DOWN, "error")
+                return _fragment_or_redirect(mailbox, message + present.QUEUE_DOWN, "error")
             return _fragment_or_redirect(mailbox, message)
     status = 422 if request.method == "POST" else 200
     if htmx and not htmx.boosted:  # the inline form on the card: errors shown in the card

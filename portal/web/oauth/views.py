@@ -17,8 +17,7 @@ from portal.extensions import db
 from portal.mail.errors import plain_words
 from portal.models import Mailbox
 from portal.models.audit import record
-from portal.queue import enqueue_sync_from_page
-from portal.runtime_settings import get as setting
+from portal.web.mailboxes.present import announce_linked
 from portal.web.oauth import bp
 from portal.web.roles import ALL_ROLES, roles_required
 
@@ -132,16 +131,7 @@ def callback(provider: str):
         db.session.rollback()
         return _refused(p, flow, exc.code, exc.classified.detail if exc.classified else str(exc), str(exc))
     db.session.commit()
-    queued = _queue_sync(mailbox, "manual" if reconnected else "backfill")
-    if reconnected:
-        message = f"{mailbox.address} is reconnected; syncing continues where it stopped."
-    else:
-        message = (f"{mailbox.address} is connected with {p.title}. The first sync brings in the last "
-                   f"{setting('backfill_days')} days of customer email.")
-    if queued is None:
-        flash(message + " The sync queue is not reachable right now; the sync starts once it is.", "error")
-    else:
-        flash(message, "success")
+    announce_linked(mailbox, reconnected, current_user.id, via=p.title)
     return redirect(_accounts_url())
 
 
@@ -164,7 +154,3 @@ def _refused(p: oauth.Provider, flow: oauth.Flow, reason: str, detail: str, word
     db.session.commit()
     flash(("Not reconnected: " if flow.mailbox_id else "Not connected: ") + words, "error")
     return redirect(_accounts_url())
-
-
-def _queue_sync(mailbox: Mailbox, trigger: str) -> bool | None:
-    return enqueue_sync_from_page(mailbox.id, trigger, current_user.id)
