@@ -10,7 +10,6 @@ email, no duplicate.
 from __future__ import annotations
 
 import base64
-import gzip
 import html
 import logging
 import mimetypes
@@ -34,7 +33,7 @@ from portal import crypto
 from portal import mailboxes as mailbox_service
 from portal.addresses import normalise_address
 from portal.extensions import db
-from portal.mail import parse, rules
+from portal.mail import parse, rawstore, rules
 from portal.mail.errors import Classified, classify_exception, classify_text, plain_words
 from portal.models import Activity, Customer, CustomerPrimaryEmail, DealCustomer, Email, Mailbox, OutgoingEmail, User
 from portal.timeutil import utcnow
@@ -395,7 +394,7 @@ def accept(user: User, customer: Customer, draft: Draft, key: str | None = None)
         to_addrs=[{"name": a.name, "address": a.address} for a in parsed.to],
         cc_addrs=[{"name": a.name, "address": a.address} for a in parsed.cc],
         date=parsed.date, internal_date=now, text_body=parsed.text_body, html_body=parsed.html_body,
-        attachments=parsed.attachments, raw_gz=gzip.compress(raw, compresslevel=6), size=len(raw),
+        attachments=parsed.attachments, raw_packed=rawstore.pack(raw), size=len(raw),
         parse_defects=parsed.defects or None,
     )
     db.session.add(email)
@@ -638,7 +637,7 @@ def send_outgoing(outgoing_id: int, *, last_attempt: bool = True) -> dict:
                 f"{mailbox.address} is {mailbox.state}" + (f" ({mailbox.reason})" if mailbox.reason else ""))
         return {"outgoing_id": outgoing_id, "state": "failed", "reason": outgoing.reason}
     email = db.session.get(Email, outgoing.email_id)
-    raw = gzip.decompress(email.raw_gz)
+    raw = rawstore.unpack(email.raw_packed)
     recipients = [a["address"] for a in (email.to_addrs or [])] + list(outgoing.cc or [])
     outgoing.attempts += 1
     db.session.commit()  # the attempt counts even if the worker dies while sending

@@ -8,7 +8,6 @@ checkpoint, so a worker killed at any moment loses nothing and duplicates nothin
 """
 from __future__ import annotations
 
-import gzip
 import imaplib
 import logging
 import re
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from portal import mailboxes as mailbox_service
 from portal import runtime_settings
 from portal.extensions import db
-from portal.mail import parse, rules
+from portal.mail import parse, rawstore, rules
 from portal.mail.errors import classify_exception
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
 from portal.models import (
@@ -436,7 +435,7 @@ class MailboxSync:
             cc_addrs=[{"name": a.name, "address": a.address} for a in (parsed.cc or seen.cc)],
             date=parsed.date or seen.date, internal_date=item.record.internal_date,
             text_body=parsed.text_body, html_body=parsed.html_body, attachments=parsed.attachments,
-            raw_gz=gzip.compress(item.raw, compresslevel=6), size=len(item.raw),
+            raw_packed=rawstore.pack(item.raw), size=len(item.raw),
             parse_defects=parsed.defects or None,
         )
         self.run.bytes_fetched += len(item.raw)

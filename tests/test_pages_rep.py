@@ -608,6 +608,7 @@ def test_attachments_are_found_in_the_order_parse_listed_them():
     from email.message import EmailMessage
     from email.policy import SMTP
 
+    from portal.mail import rawstore
     from portal.mail.parse import parse_message
     from portal.web.customers.attachments import attachment_bytes, safe_filename
 
@@ -624,11 +625,14 @@ def test_attachments_are_found_in_the_order_parse_listed_them():
     raw = msg.as_bytes()
     listed = parse_message(raw).attachments
     assert [a["filename"] for a in listed] == ["data.bin", "poznámka.txt", "message.eml"]
-    stored = gzip.compress(raw)
-    assert attachment_bytes(stored, 0, listed) == b"\x00\x01binary"
-    assert attachment_bytes(stored, 1, listed).decode() == "druhý text\r\n"  # as sent (CRLF)
-    assert b"Subject: =?utf-8?q?P=C5=99eposlan=C3=A1_zpr=C3=A1va?=" in attachment_bytes(stored, 2, listed)
-    assert attachment_bytes(stored, 3, listed) is None and attachment_bytes(None, 0, listed) is None
+    # Stored now (Zstandard) and by the first release (gzip): both are read.
+    for stored in (rawstore.pack(raw), gzip.compress(raw)):
+        assert attachment_bytes(stored, 0, listed) == b"\x00\x01binary"
+        assert attachment_bytes(stored, 1, listed).decode() == "druhý text\r\n"  # as sent (CRLF)
+        assert b"Subject: =?utf-8?q?P=C5=99eposlan=C3=A1_zpr=C3=A1va?=" in attachment_bytes(stored, 2, listed)
+        assert attachment_bytes(stored, 3, listed) is None and attachment_bytes(None, 0, listed) is None
+    assert attachment_bytes(b"not a stored message", 0, listed) is None
+    assert attachment_bytes(rawstore.pack(raw)[:40], 0, listed) is None  # cut short: damaged, not a 500
     assert safe_filename("../../etc/passwd") == "passwd" and safe_filename("..\\x\\.bashrc") == "bashrc"
     assert safe_filename('a"b\r\n.pdf') == "a_b_.pdf" and safe_filename("") == "attachment"
 

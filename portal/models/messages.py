@@ -24,7 +24,8 @@ class Email(db.Model):
     text_body: Mapped[str | None] = deferred(mapped_column(Text))
     html_body: Mapped[str | None] = deferred(mapped_column(Text))
     attachments: Mapped[list] = mapped_column(JSON, default=list)  # [{"filename","content_type","size"}]
-    raw_gz: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))  # the raw message, gzip
+    # The raw message, compressed (portal.mail.rawstore: Zstandard; gzip in rows written before 0002).
+    raw_packed: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     parse_defects: Mapped[list | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,18 +1,18 @@
 """An attachment's bytes, taken from the stored raw message.
 
 Only the list of attachments (name, type, size) is kept in the database; the bytes come
-from re-parsing `Email.raw_gz` and walking the MIME tree in the same order as
+from re-parsing `Email.raw_packed` and walking the MIME tree in the same order as
 `portal.mail.parse` did when it listed them, so attachment n here is attachment n there.
 """
 from __future__ import annotations
 
-import gzip
 import re
 import unicodedata
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 
+from portal.mail import rawstore
 from portal.mail.parse import _filename  # the very function that named the attachments
 
 _MAX_DEPTH = 50
@@ -59,11 +59,15 @@ def _payload(part: Message) -> bytes:
     return part.get_payload(decode=True) or b""
 
 
-def attachment_bytes(raw_gz: bytes, index: int, listed: list[dict]) -> bytes | None:
+def attachment_bytes(raw_packed: bytes, index: int, listed: list[dict]) -> bytes | None:
     """The bytes of attachment `index` of the stored list `listed`, or None if not found."""
-    if not raw_gz or not 0 <= index < len(listed):
+    if not raw_packed or not 0 <= index < len(listed):
         return None
-    parts = _parts(gzip.decompress(raw_gz))
+    try:
+        raw = rawstore.unpack(raw_packed)
+    except rawstore.UnreadableRaw:
+        return None
+    parts = _parts(raw)
     want = listed[index]
     if index < len(parts):
         data = _payload(parts[index])

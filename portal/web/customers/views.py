@@ -193,7 +193,7 @@ def attachment(email_id: int, n: int):
     _require_emails()
     message = _email_or_404(email_id)
     listed = message.attachments or []
-    data = attachment_bytes(message.raw_gz, n, listed)
+    data = attachment_bytes(message.raw_packed, n, listed)
     if data is None:
         abort(404, description="There is no such attachment.")
     content_type = (listed[n].get("content_type") or "").lower()
