@@ -302,9 +302,8 @@ class MailboxSync:
         ignored = dict(self.run.ignored or {})
         pending: list[_Pending] = []
         in_window = [r for r in records if not outside_window(self.mailbox, r)]
-        for record in records:
-            self.run.seen += 1
-            self.run.bytes_fetched += len(record.header)
+        self.run.seen += len(records)  # once per batch: each ORM attribute write costs
+        self.run.bytes_fetched += sum(len(r.header) for r in records)
         if len(in_window) < len(records):
             ignored["before_window"] = ignored.get("before_window", 0) + len(records) - len(in_window)
         # Most mail involves no customer. An address-shaped scan of the header bytes finds
@@ -420,20 +419,18 @@ class MailboxSync:
             have.add(match.customer_id)
 
     def _new_email(self, item: _Pending) -> Email:
-        parsed = parse.parse_message(item.raw)
-        # A malformed header line can stop the whole-message parse early, losing headers
-        # the server's own header extract (which the rules decided on) still has.
-        seen = item.headers
-        from_ = parsed.from_ or seen.from_
-        first_from = from_[0] if from_ else None
+        # The header fields come from the server's header extract the rules decided on, not
+        # from a second parse of the same lines: a malformed header line can stop the
+        # whole-message parse early, losing headers the extract still has.
+        parsed = parse.parse_message(item.raw, headers=item.headers)
+        first_from = parsed.from_[0] if parsed.from_ else None
         email = Email(
-            dedupe_key=item.key, message_id=_clip(parsed.message_id or seen.message_id, 998),
-            subject=parsed.subject or seen.subject,
+            dedupe_key=item.key, message_id=_clip(parsed.message_id, 998), subject=parsed.subject,
             from_addr=_clip(first_from.address, 320) if first_from else None,
             from_name=_clip(first_from.name, 500) if first_from else None,
-            to_addrs=[{"name": a.name, "address": a.address} for a in (parsed.to or seen.to)],
-            cc_addrs=[{"name": a.name, "address": a.address} for a in (parsed.cc or seen.cc)],
-            date=parsed.date or seen.date, internal_date=item.record.internal_date,
+            to_addrs=[{"name": a.name, "address": a.address} for a in parsed.to],
+            cc_addrs=[{"name": a.name, "address": a.address} for a in parsed.cc],
+            date=parsed.date, internal_date=item.record.internal_date,
             text_body=parsed.text_body, html_body=parsed.html_body, attachments=parsed.attachments,
             raw_packed=rawstore.pack(item.raw), size=len(item.raw),
             parse_defects=parsed.defects or None,

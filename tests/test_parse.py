@@ -99,6 +99,26 @@ def test_parse_headers_never_crashes_and_agrees_with_parse_message(path):
     assert dedupe_key(headers, raw)
 
 
+def test_parse_message_takes_given_headers_as_they_are_and_parses_the_body():
+    # The sync passes the header extract the rules decided on: its fields and defects are
+    # kept, the body, bodies and attachments come from the whole message.
+    raw = (
+        "From: =?utf-8?q?Ji=C5=99=C3=AD_Nov=C3=A1k?= <jiri@klient.test>\r\nTo: rep@agency.test\r\n"
+        "Subject: Nab\xeddka\r\nDate: not a date\r\nMessage-ID: <a@klient.test>\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nDobr\u00fd den\r\n"
+    ).encode("latin-1", "replace").replace(b"Dobr? den", "Dobrý den".encode())
+    extract = parse_headers(raw.split(b"\r\n\r\n")[0] + b"\r\n")
+    given = parse_message(raw, headers=extract)
+    alone = parse_message(raw)
+    for name in ("message_id", "subject", "from_", "to", "cc", "date"):
+        assert getattr(given, name) == getattr(alone, name) == getattr(extract, name)
+    assert given.from_[0].name == "Jiří Novák" and given.date is None
+    assert given.text_body == alone.text_body == "Dobrý den\n"
+    assert set(extract.defects) <= set(given.defects) and given.defects == alone.defects
+    # Headers the whole-message parse would not see (here: none at all) still come through.
+    assert parse_message(b"\xff garbage", headers=extract).from_ == extract.from_
+
+
 def test_garbage_and_empty_input_do_not_crash():
     assert parse_message(b"").subject == ""
     assert parse_message(b"\xff\xfe\x00 not a message").from_ == []

@@ -89,30 +89,37 @@ def parse_headers(raw: bytes) -> ParsedHeaders:
     return ParsedHeaders(**_header_fields(msg, defects), defects=_unique(defects))
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse a whole message: headers, first text and HTML bodies, attachments. Never raises."""
+_HEADER_NAMES = ("message_id", "subject", "from_", "to", "cc", "date")
+
+
+def parse_message(raw: bytes, headers: ParsedHeaders | None = None) -> ParsedMessage:
+    """Parse a whole message: headers, first text and HTML bodies, attachments. Never raises.
+
+    `headers`: these header lines already parsed (the sync has them from the server's
+    header extract); they are used as they are instead of being parsed again."""
     defects: list[str] = []
     try:
         msg = _PARSER.parsebytes(raw)
     except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on absurd nesting
         # Keep what can be kept: the headers, and the rest as plain text.
-        headers = parse_headers(raw)
+        headers = headers or parse_headers(raw)
         defects = [
             *headers.defects,
             f"the MIME structure could not be parsed ({type(exc).__name__}); body kept as text",
         ]
         body = _decode_bytes(_split_header_block(raw)[1], None, defects, "body")
         return ParsedMessage(
-            **{
-                name: getattr(headers, name)
-                for name in ("message_id", "subject", "from_", "to", "cc", "date")
-            },
+            **{name: getattr(headers, name) for name in _HEADER_NAMES},
             defects=_unique(defects),
             text_body=body,
             html_body=None,
             attachments=[],
         )
-    fields = _header_fields(msg, defects)
+    if headers is None:
+        fields = _header_fields(msg, defects)
+    else:
+        fields = {name: getattr(headers, name) for name in _HEADER_NAMES}
+        defects.extend(headers.defects)
     body = _Body()
     _walk(msg, body, defects, depth=0)
     return ParsedMessage(
