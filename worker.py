@@ -11,7 +11,7 @@ import sys
 from rq import Worker
 
 from portal import create_app
-from portal.jobs import set_worker_app
+from portal.jobs import prepare_worker_process, set_worker_app
 from portal.jobs.schedule import start_scheduler_process
 from portal.queue import QUEUES, get_redis
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = None
     if not args.burst and not args.no_scheduler:
         scheduler = start_scheduler_process()
+    prepare_worker_process()
     try:
         worker = Worker(list(QUEUES), connection=connection, name=args.name)
         worker.work(burst=args.burst, logging_level=os.environ.get("EIS_LOG_LEVEL", "INFO"))

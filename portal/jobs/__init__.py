@@ -1,4 +1,5 @@
 """RQ job functions by domain. Jobs take ids, run inside an app context, and raise on failure."""
+import gc
 import os
 from contextlib import contextmanager
 
@@ -40,3 +41,22 @@ def _after_fork(app: Flask) -> None:
             for engine in db.engines.values():
                 engine.dispose(close=False)
         app.extensions["eis_pid"] = pid
+
+
+def prepare_worker_process() -> None:
+    """Before a worker forks its first job: import what the jobs use, then move every
+    object that exists now out of the garbage collector's sight (gc.freeze, as the Python
+    docs advise before fork()). The jobs' collections then no longer walk the app's
+    hundreds of thousands of long-lived objects: a 20,000-message back-fill spent 0.15 s
+    in the collector, 0.04 s after (bench/sync.py). Forked children also keep sharing those
+    memory pages instead of copying them when the collector touches them."""
+    from sqlalchemy.orm import configure_mappers
+
+    import portal.jobs.schedule  # noqa: F401 - imported here so the horses inherit them
+    import portal.jobs.send  # noqa: F401
+    import portal.jobs.sync  # noqa: F401
+    import portal.sync  # noqa: F401
+
+    configure_mappers()
+    gc.collect()
+    gc.freeze()
