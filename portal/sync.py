@@ -9,6 +9,7 @@ checkpoint, so a worker killed at any moment loses nothing and duplicates nothin
 from __future__ import annotations
 
 import imaplib
+import json
 import logging
 import re
 import uuid
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import String, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from portal import mailboxes as mailbox_service
@@ -85,6 +87,11 @@ def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = Non
     db.session.commit()
     redis.set(key, str(run.id), xx=True, keepttl=True)
     session: ImapSession | None = None
+    # A batch's commit would expire every loaded object, and the next batch would read the
+    # mailbox, the run and the checkpoint again: three queries a batch for rows only this
+    # run writes. _finish_success reads the mailbox afresh; a rollback expires all anyway.
+    orm = db.session()
+    expire_on_commit, orm.expire_on_commit = orm.expire_on_commit, False
     try:
         session = mailbox_service.open_session(mailbox)
         MailboxSync(mailbox, run, session).sync()
@@ -95,6 +102,7 @@ def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = Non
         if not _is_mail_fault(exc):
             raise  # a bug or a database fault: let RQ record it as failed too
     finally:
+        orm.expire_on_commit = expire_on_commit
         if session is not None:
             session.close()
         release_lock_of_run(run)
@@ -116,6 +124,7 @@ def _is_mail_fault(exc: Exception) -> bool:
 
 
 def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession) -> None:
+    db.session.refresh(mailbox)  # its owner may have disconnected it, or support changed it, meanwhile
     now = utcnow()
     run.status = "succeeded"
     run.finished_at = run.heartbeat_at = now
@@ -310,12 +319,13 @@ class MailboxSync:
         # every address the parser would (and more); one query tells which are customers'.
         # Only messages naming a customer, or written oddly enough to hide one from the
         # scan, are parsed in full and decided by the rules.
-        tokens = {r.uid: _address_tokens(r.header) for r in in_window}
+        scans = {r.uid: _scan(r.header) for r in in_window}
+        tokens = {uid: found for uid, (found, _) in scans.items()}
         primaries, deals = self._crm_for(set().union(*tokens.values()) if tokens else set())
         customer_addresses = {p.address for p in primaries}
         candidates = []
         for record in in_window:
-            if tokens[record.uid] & customer_addresses or _unusual(record.header):
+            if tokens[record.uid] & customer_addresses or scans[record.uid][1]:
                 candidates.append((record, parse.parse_headers(record.header)))
             else:
                 reason = self._reason_without_customer(record, tokens[record.uid])
@@ -449,16 +459,27 @@ class MailboxSync:
 
 
 _ADDRESS_TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\x80-\xff-]+@[A-Za-z0-9\x80-\xff-]+(?:\.[A-Za-z0-9\x80-\xff-]+)+")
+# A Message-ID looks like an address but names nobody: its line (and folded continuation
+# lines) is left out of the scan, which halves the addresses looked up per batch.
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id:[^\n]*(?:\n[ \t][^\n]*)*", re.IGNORECASE | re.MULTILINE)
 
 
-def _address_tokens(header: bytes) -> set[str]:
-    return {t.decode("utf-8", "replace").lower().strip(".") for t in _ADDRESS_TOKEN.findall(header)}
-
-
-def _unusual(header: bytes) -> bool:
-    """Syntax the token scan may not see through: quoted local parts, escapes, encoded words
-    around an @ (the parser decodes them); such messages are parsed in full."""
-    return b'"@' in header or b"\\" in header or (b"=?" in header and b"=40" in header)
+def _scan(header: bytes) -> tuple[set[str], bool]:
+    """(everything shaped like an address in the header extract but its Message-ID, whether
+    the message must be parsed in full anyway). The second is true where the scan may not
+    see what the parser sees: an @ outside the tokens found (quoted local parts, dotless
+    domains, obsolete route or spaced syntax), escapes, encoded words that may hide an @,
+    8-bit bytes that are not UTF-8 (the parser reads them in another charset)."""
+    text = _MESSAGE_ID_FIELD.sub(b"", header)
+    found = _ADDRESS_TOKEN.findall(text)
+    unusual = (len(found) != text.count(b"@") or b"\\" in text or (b"=?" in text and b"=40" in text))
+    tokens = set()
+    for token in found:
+        try:
+            tokens.add(token.decode("utf-8").lower().strip("."))
+        except UnicodeDecodeError:
+            unusual = True
+    return tokens, unusual
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -485,7 +506,7 @@ def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list
     rows = db.session.execute(
         select(CustomerPrimaryEmail.customer_id, CustomerPrimaryEmail.address,
                CustomerPrimaryEmail.since, CustomerPrimaryEmail.until)
-        .where(CustomerPrimaryEmail.address.in_(sorted(addresses)))
+        .where(_one_of(CustomerPrimaryEmail.address, sorted(addresses)))
     ).all()
     primaries = [rules.PrimaryAddress(customer_id=r[0], address=r[1], since=r[2], until=r[3]) for r in rows]
     customer_ids = {p.customer_id for p in primaries}
@@ -495,6 +516,19 @@ def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list
             select(DealCustomer.deal_id, DealCustomer.customer_id, DealCustomer.role)
             .where(DealCustomer.customer_id.in_(sorted(customer_ids)))).all()]
     return primaries, deals
+
+
+def _one_of(column, values: list[str]):
+    """`column IN (values)` with the values in one bound parameter, not one each: a
+    back-fill batch looks up about a thousand addresses, and expanding a thousand bind
+    parameters cost SQLAlchemy more than the database's lookups (bench/sync.py)."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "sqlite":
+        listed = func.json_each(json.dumps(values)).table_valued("value")
+        return column.in_(select(listed.c.value))
+    if dialect == "postgresql":
+        return column == any_(bindparam("values", values, type_=ARRAY(String)))
+    return column.in_(values)
 
 
 def outside_window(mailbox: Mailbox, record: HeaderRecord) -> bool:
