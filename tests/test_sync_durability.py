@@ -236,6 +236,9 @@ def _worker_env(app, tmp_path: Path) -> dict:
         "SECRET_KEY": app.config["SECRET_KEY"],
         "EIS_ENCRYPTION_KEYS": app.config["EIS_ENCRYPTION_KEYS"],
         "EIS_INSTANCE_PATH": str(tmp_path / "worker-instance"),  # not the repository's instance/
+        # Small batches: many more commits for a kill to land between or inside (the default
+        # 1,000 would make four of this back-fill); the undisturbed runs use the default.
+        "EIS_HEADER_BATCH": "200",
         "EIS_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     })
