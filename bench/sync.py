@@ -365,9 +365,15 @@ class GcClock:
 
 def floor_once(host: str, port: int, address: str, since_day, batch: int, body_cap: int,
                matched_ids: set[bytes]) -> dict:
+    with GcClock() as gc_clock:
+        result = _floor_fetch(host, port, address, since_day, batch, body_cap, matched_ids)
+    return {**result, "gc": gc_clock.seconds}
+
+
+def _floor_fetch(host: str, port: int, address: str, since_day, batch: int, body_cap: int,
+                 matched_ids: set[bytes]) -> dict:
     from imapclient import IMAPClient
 
-    gc_clock = GcClock().__enter__()
     t0, c0 = time.perf_counter(), time.process_time()
     client = IMAPClient(host, port=port, ssl=False, timeout=60)
     client.login(address, PASSWORD)
@@ -395,9 +401,7 @@ def floor_once(host: str, port: int, address: str, since_day, batch: int, body_c
                 body_bytes += len(item.get(b"BODY[]", b"") or b"")
             group, size = [], 0
     client.logout()
-    gc_clock.__exit__()
     return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "uids": len(uids),
-            "gc": gc_clock.seconds,
             "bodies": len(wanted),
             "header_bytes": header_bytes, "body_bytes": body_bytes}
 

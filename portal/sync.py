@@ -198,7 +198,7 @@ class MailboxSync:
         self.config = current_app.config
         self.internal = mailbox_service.internal_addresses()
         self.redis = get_redis()
-        self.postgresql = db.session.get_bind().dialect.name == "postgresql"
+        self.postgresql = _dialect() == "postgresql"
 
     # -- orchestration --------------------------------------------------------------------
     def sync(self) -> None:
@@ -330,13 +330,17 @@ class MailboxSync:
         # every address the parser would (and more); one query tells which are customers'.
         # Only messages naming a customer, or written oddly enough to hide one from the
         # scan, are parsed in full and decided by the rules.
-        scans = {r.uid: _scan(r.header) for r in in_window}
-        tokens = {uid: found for uid, (found, _) in scans.items()}
+        tokens: dict[int, set[str]] = {}
+        unusual: set[int] = set()
+        for record in in_window:
+            tokens[record.uid], odd = _scan(record.header)
+            if odd:
+                unusual.add(record.uid)
         primaries, deals = self._crm_for(set().union(*tokens.values()) if tokens else set())
         customer_addresses = {p.address for p in primaries}
         candidates = []
         for record in in_window:
-            if tokens[record.uid] & customer_addresses or scans[record.uid][1]:
+            if tokens[record.uid] & customer_addresses or record.uid in unusual:
                 candidates.append((record, parse.parse_headers(record.header)))
             else:
                 reason = self._reason_without_customer(record, tokens[record.uid])
@@ -529,11 +533,15 @@ def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list
     return primaries, deals
 
 
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
 def _one_of(column, values: list[str]):
     """`column IN (values)` with the values in one bound parameter, not one each: a
     back-fill batch looks up about a thousand addresses, and expanding a thousand bind
     parameters cost SQLAlchemy more than the database's lookups (bench/sync.py)."""
-    dialect = db.session.get_bind().dialect.name
+    dialect = _dialect()
     if dialect == "sqlite":
         listed = func.json_each(json.dumps(values)).table_valued("value")
         return column.in_(select(listed.c.value))

@@ -177,19 +177,21 @@ class ImapSession:
     def fetch_bodies(self, uids: list[int]) -> dict[int, bytes]:
         if not uids:
             return {}
-        response = parse_fetch_response(self._fetch_raw(uids, [b"BODY.PEEK[]"]), False, True)
-        wanted = set(uids)
-        return {int(uid): item.get(b"BODY[]", b"") or b"" for uid, item in response.items() if uid in wanted}
+        response = _parsed(self._fetch_raw(uids, [b"BODY.PEEK[]"]), set(uids))
+        return {int(uid): item.get(b"BODY[]", b"") or b"" for uid, item in response.items()}
+
+
+def _parsed(data: list, wanted: set[int]) -> dict[int, dict]:
+    """imaplib's FETCH data read by IMAPClient's parser, which reads any answer a server may
+    give; unsolicited responses about other messages are dropped, as IMAPClient.fetch does."""
+    return {uid: item for uid, item in parse_fetch_response(data, False, True).items() if uid in wanted}
 
 
 # -- the header FETCH's answer, read two ways -----------------------------------------------
 def header_records(data: list, wanted: set[int]) -> list[HeaderRecord]:
-    """By IMAPClient's response parser: any answer a server may give. Unsolicited FETCH
-    responses for other messages are dropped, as IMAPClient.fetch drops them."""
+    """By IMAPClient's parser (_parsed)."""
     records = []
-    for uid, item in parse_fetch_response(data, False, True).items():
-        if uid not in wanted:
-            continue
+    for uid, item in _parsed(data, wanted).items():
         header = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"") or b""
         records.append(HeaderRecord(
             uid=int(uid),
