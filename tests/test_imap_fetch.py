@@ -10,8 +10,8 @@ import pytest
 
 from portal.mail import imap
 from portal.mail.imap import ImapSession, Unrecognised, header_records, header_records_fast
+from tests import corpus
 from tests.servers import make_message
-from tests.test_parse import CORPUS
 
 
 def _session(dovecot, address: str) -> ImapSession:
@@ -32,14 +32,14 @@ def test_both_readers_agree_on_dovecots_answers_and_the_fast_one_needs_no_fallba
             from_=(f"Jiří Novák {i}", f"jiri{i}@klient.test"), to=address, cc=[f"petra{i}@klient.test"],
             subject=f"Nabídka ({i}) {{x}} \"q\"", body="Dobrý den", message_id=f"<f{i}@klient.test>", date=when),
             flags=flag_sets[i % len(flag_sets)], when=when)
-    corpus = sorted(p for p in CORPUS.rglob("*") if p.is_file()) if CORPUS else []
-    for path in corpus:  # headers nobody here wrote: 8-bit, folded, parentheses, braces
+    files = corpus.message_files()  # our own hostile mail, and the external corpus when present
+    for path in files:  # headers in every shape: 8-bit, folded, parentheses, braces
         dovecot.append(address, "INBOX", path.read_bytes(), flags=("\\Seen",))
     session = _session(dovecot, address)
     try:
         session.select("INBOX")
         uids = sorted(session.client.search(["ALL"]))
-        assert len(uids) == 40 + len(corpus)
+        assert len(uids) == 40 + len(files)
         data = session._fetch_raw(uids, [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", imap.HEADER_FIELDS])
         slow = sorted(header_records(data, set(uids)), key=lambda r: r.uid)
         fast = sorted(header_records_fast(data, set(uids)), key=lambda r: r.uid)  # raises if it would fall back

@@ -1,9 +1,7 @@
 """MIME parsing: never crashes on real-world broken mail, and decodes what the CRM shows."""
 
-import os
 from datetime import datetime
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
@@ -16,54 +14,25 @@ from portal.mail.parse import (
     parse_headers,
     parse_message,
 )
-
-
-def _corpus_dir() -> Path | None:
-    beside = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    if beside.is_dir():
-        return beside
-    configured = os.environ.get("EIS_CORPUS_DIR")
-    if configured and Path(configured).is_dir():
-        return Path(configured)
-    return None
-
-
-CORPUS = _corpus_dir()
-MISSING_CORPUS = (
-    "The mail corpus was not found: expected ../shared/corpus beside the project "
-    "or a directory in EIS_CORPUS_DIR. The never-crashes tests need it."
-)
-# A missing corpus must fail the run, not skip it: parametrize over a placeholder then.
-CORPUS_FILES = (
-    [
-        pytest.param(p, id=str(p.relative_to(CORPUS)))
-        for p in sorted(CORPUS.rglob("*"))
-        if p.is_file()
-    ]
-    if CORPUS is not None
-    else [pytest.param(None, id="corpus-missing")]
-)
-
-
-def corpus_bytes(relative: str) -> bytes:
-    if CORPUS is None:
-        pytest.fail(MISSING_CORPUS)
-    return (CORPUS / relative).read_bytes()
+from tests import corpus
+from tests.corpus import own_bytes
 
 
 # --- never crashes --------------------------------------------------------------------------
 
 
-def test_corpus_is_present_and_large():
-    assert CORPUS is not None, MISSING_CORPUS
-    assert len(CORPUS_FILES) > 150
+def test_own_mail_is_there():
+    # tests/mail: the messages tests below assert on, and hostile mail of our own.
+    assert len(corpus.own_files()) >= 30
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES)
+def test_external_corpus_is_present_and_large():
+    assert len(corpus.external_files()) > 150
+
+
+@pytest.mark.parametrize("path", corpus.message_params())
 def test_parse_message_never_crashes(path):
-    if path is None:
-        pytest.fail(MISSING_CORPUS)
-    parsed = parse_message(path.read_bytes())
+    parsed = parse_message(corpus.read(path))
     assert isinstance(parsed, ParsedMessage)
     assert isinstance(parsed.subject, str)
     for field in (parsed.from_, parsed.to, parsed.cc):
@@ -79,11 +48,9 @@ def test_parse_message_never_crashes(path):
     assert all(isinstance(d, str) for d in parsed.defects)
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES)
+@pytest.mark.parametrize("path", corpus.message_params())
 def test_parse_headers_never_crashes_and_agrees_with_parse_message(path):
-    if path is None:
-        pytest.fail(MISSING_CORPUS)
-    raw = path.read_bytes()
+    raw = corpus.read(path)
     headers = parse_headers(raw)
     full = parse_message(raw)
     assert isinstance(headers, ParsedHeaders)
@@ -139,121 +106,115 @@ def test_absurdly_deep_nesting_keeps_headers():
     assert parsed.defects
 
 
-# --- real corpus files ----------------------------------------------------------------------
+# --- tricky messages of our own (tests/mail) -------------------------------------------------
 
 
 def test_rfc2231_latin1_attachment_filename():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/attachment_emails/attachment_with_quoted_filename.eml")
-    )
+    parsed = parse_message(own_bytes("attachment_with_quoted_filename.eml"))
     assert parsed.attachments == [
-        {"filename": "Eelanalüüsi päring.jpg", "content_type": "image/jpeg", "size": 1952}
+        {"filename": "Výhled z balkónu.jpg", "content_type": "image/jpeg", "size": 1480}
     ]
-    assert parsed.subject == "Eelanalüüsi päring"
+    assert parsed.subject == "Výhled z balkónu"
 
 
 def test_rfc2231_continued_utf8_attachment_filename():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/multi_charset/japanese_attachment_long_name.eml")
-    )
+    # filename*0*, *1*, *2*: the cuts fall inside characters' UTF-8 bytes.
+    parsed = parse_message(own_bytes("japanese_attachment_long_name.eml"))
     assert [a["filename"] for a in parsed.attachments] == [
-        "かきくけこかきくけこかきくけこかきくけこかきくけこ.txt"
+        "プラハ・ヴィノフラディ地区のマンション購入申込書と間取り図.txt"
     ]
+    assert parsed.subject == "プラハのマンションについて：購入申込書と間取り図をお送りします"
 
 
 def test_raw_8bit_attachment_filename():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/attachment_emails/attachment_nonascii_filename.eml")
-    )
+    parsed = parse_message(own_bytes("attachment_nonascii_filename.eml"))
     assert parsed.attachments == [
-        {"filename": "ciële.txt", "content_type": "text/plain", "size": 11}
+        {"filename": "Přihláška.txt", "content_type": "text/plain", "size": 12}
     ]
 
 
 def test_empty_group_address_yields_no_recipient():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/error_emails/empty_group_lists.eml")
-    )  # To: undisclosed recipients: ;
+    parsed = parse_message(own_bytes("empty_group_lists.eml"))  # To: undisclosed recipients: ;
     assert parsed.to == []
-    assert parsed.from_ == [Address("Cecil Edwards", "ceciledwards@sbcglobal.net")]
-    assert parsed.all_addresses() == {"ceciledwards@sbcglobal.net"}
+    assert parsed.from_ == [Address("Marie Svobodová", "marie.svobodova@klient.test")]
+    assert parsed.all_addresses() == {"marie.svobodova@klient.test"}
 
 
 def test_bad_date_is_none_with_a_defect():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/error_emails/bad_date_header.eml")
-    )  # Date: <HR>
+    parsed = parse_message(own_bytes("bad_date_header.eml"))  # Date: (folded) {{datum_odeslani}}
     assert parsed.date is None
-    assert "Date: cannot parse '<HR>'" in parsed.defects
+    assert "Date: cannot parse '{{datum_odeslani}}'" in parsed.defects
 
 
 def test_missing_message_id_and_date_are_none():
-    parsed = parse_message(corpus_bytes("flanker/bz2-attachment.eml"))
+    parsed = parse_message(own_bytes("bz2_attachment.eml"))
     assert parsed.message_id is None
     assert parsed.date is None
-    assert parsed.subject == "hello"
+    assert parsed.subject == "podklady"
     assert parsed.attachments == [
-        {"filename": "foo.txt.bz2", "content_type": "application/octet-stream", "size": 44}
+        {"filename": "vypis_katastr.txt.bz2", "content_type": "application/octet-stream",
+         "size": 298}
     ]
 
 
 def test_windows_1250_subject_split_over_two_encoded_words():
-    parsed = parse_message(corpus_bytes("php-mime-mail-parser/mails/issue212"))
+    # š, ž and ť are bytes ISO-8859-2 has elsewhere; the split falls inside "Žižkově".
+    parsed = parse_message(own_bytes("windows_1250_subject_split.eml"))
     assert (
         parsed.subject
-        == "Automatyczna odpowiedź: Piotrze, test z 6 miesięcy nauki ciągle na Ciebie czeka"
+        == "Automatická odpověď: Jiří, prohlídka bytu na Žižkově je ještě volná"
     )
 
 
 def test_unknown_charset_label_iso_8859_8_i_decodes_as_hebrew():
-    parsed = parse_message(corpus_bytes("php-mime-mail-parser/mails/issue149"))
-    assert parsed.subject == "מענה 'אני לא נמצא': Invoice 02722027"
+    parsed = parse_message(own_bytes("hebrew_iso_8859_8_i_subject.eml"))
+    assert parsed.subject == "מענה אוטומטי: Prohlidka bytu 3+kk"
 
 
 def test_encoded_words_in_display_names():
-    parsed = parse_message(corpus_bytes("php-mime-mail-parser/mails/m0023"))
-    assert parsed.to == [Address("Keld Jørn Simonsen", "keld@dkuug.dk")]
-    assert parsed.cc == [Address("André Pirard", "pirard@vm1.ulg.ac.be")]
+    parsed = parse_message(own_bytes("encoded_display_names.eml"))
+    assert parsed.to == [Address("Jiří Procházka", "jiri.prochazka@klient.test")]
+    assert parsed.cc == [Address("Ondřej Marek", "ondrej.marek@klient.test")]
 
 
 def test_raw_latin1_header_is_readable_and_noted():
-    parsed = parse_message(corpus_bytes("flanker/from-encoding.eml"))
-    assert parsed.from_ == [Address("Ingo Lütkebohle", "ingo@blank.pages.de")]
+    # Bytes of a Windows mailer (š is 0x9A), no charset declared anywhere.
+    parsed = parse_message(own_bytes("from_with_raw_8bit_name.eml"))
+    assert parsed.from_ == [Address("Tomáš Vávra", "tomas.vavra@klient.test")]
     assert "From: raw 8-bit bytes in no declared charset" in parsed.defects
 
 
 def test_attached_message_is_one_attachment_named_by_its_filename():
-    parsed = parse_message(
-        corpus_bytes("mikel-mail/attachment_emails/attachment_message_rfc822.eml")
-    )
+    parsed = parse_message(own_bytes("attachment_message_rfc822.eml"))
     assert [(a["filename"], a["content_type"]) for a in parsed.attachments] == [
-        ("ForwardedMessage.eml", "message/rfc822")
+        ("Poptavka_Novak.eml", "message/rfc822")
     ]
-    assert parsed.text_body == "This is the first part.\n"
+    assert parsed.text_body == "Posílám přeposlanou poptávku.\n"
 
 
 def test_attached_message_without_filename_is_message_eml():
-    parsed = parse_message(corpus_bytes("php-mime-mail-parser/mails/issue158a"))
+    parsed = parse_message(own_bytes("attached_message_without_filename.eml"))
     assert [(a["filename"], a["content_type"]) for a in parsed.attachments] == [
         ("message.eml", "message/rfc822")
     ]
 
 
 def test_missing_final_boundary_keeps_the_body():
-    parsed = parse_message(corpus_bytes("flanker/missing-final-boundary.eml"))
-    assert parsed.text_body == "Some body"
+    parsed = parse_message(own_bytes("missing_final_boundary.eml"))
+    assert parsed.text_body == "Dobrý den"
     assert "multipart/alternative part: close boundary not found" in parsed.defects
 
 
 def test_unknown_body_charset_falls_back_and_is_noted():
-    parsed = parse_message(corpus_bytes("mikel-mail/plain_emails/raw_email10.eml"))
-    assert parsed.text_body.startswith("Test test. Hi. Waving. m\n")
+    parsed = parse_message(own_bytes("unknown_body_charset.eml"))
+    assert parsed.text_body.startswith("Dobrý den,\nmám zájem o prohlídku bytu.\n")
     assert "text/plain part: unknown charset 'x-unknown'" in parsed.defects
 
 
 def test_unquoted_address_junk_is_salvaged():
-    parsed = parse_message(corpus_bytes("mikel-mail/plain_emails/raw_email_multiple_from.eml"))
-    assert [a.address for a in parsed.from_] == ["tim@powerupdev.com", "concierge@powerupdev.com"]
+    parsed = parse_message(own_bytes("multiple_from_unquoted.eml"))
+    assert [a.address for a in parsed.from_] == [
+        "formular@reality-domov.test", "noreply@reality-domov.test"]
 
 
 # --- messages built here --------------------------------------------------------------------

@@ -37,17 +37,9 @@ from portal.models import (
 )
 from portal.queue import enqueue_sync, get_queue, get_redis
 from portal.sync import LOCK_TTL_SECONDS, lock_key
+from tests import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _corpus_dir() -> Path | None:
-    """As tests/test_parse.py finds it: ../shared/corpus beside the project, or EIS_CORPUS_DIR."""
-    beside = ROOT.parent / "shared" / "corpus"
-    if beside.is_dir():
-        return beside
-    configured = os.environ.get("EIS_CORPUS_DIR")
-    return Path(configured) if configured and Path(configured).is_dir() else None
 
 
 # -- the back-filled mailbox ---------------------------------------------------------------
@@ -421,16 +413,31 @@ def test_worker_killed_at_random_points_during_backfill_gives_the_undisturbed_re
 
 
 # -- the corpus ----------------------------------------------------------------------------
+def test_own_hostile_mail_syncs_and_a_bad_message_never_stops_the_run(mail, world, dovecot):
+    files = corpus.own_files()
+    assert len(files) >= 30
+    accepted, refused, expected_keys = _sync_every_file(mail, world, dovecot, files, corpus.OWN_DIR)
+    assert refused == []  # all of it is mail a server takes
+    assert len(expected_keys) >= 30
+
+
 def test_whole_corpus_syncs_and_a_bad_message_never_stops_the_run(mail, world, dovecot):
-    corpus = _corpus_dir()
-    assert corpus is not None, ("The mail corpus was not found: expected ../shared/corpus beside "
-                                "the project or a directory in EIS_CORPUS_DIR.")
-    files = sorted(p for p in corpus.rglob("*") if p.is_file())
+    files = corpus.external_files()  # skipped (failed under EIS_REQUIRE_CORPUS=1) without it
     assert len(files) > 150
+    root = corpus.EXTERNAL
+    accepted, refused, expected_keys = _sync_every_file(mail, world, dovecot, files, root)
+    assert len(accepted) > 150
+    assert len(expected_keys) > 100
+
+
+def _sync_every_file(mail, world, dovecot, files: list[Path], root: Path):
+    """APPEND each file as it is and back-fill the mailbox: every message either stored on
+    the customers it names or recorded as a bad message, and the run succeeds.
+    Returns (accepted files, files Dovecot refused, dedupe keys expected stored)."""
     address = mail.imap_user("corpus")
     rep = world.user(f"corpus-{mail.tag}@crm.test", "rep")
 
-    # Every address in the corpus that the CRM would accept becomes a customer's.
+    # Every address in the files that the CRM would accept becomes a customer's.
     headers = {path: parse_headers(path.read_bytes()) for path in files}
     customer_addresses = set()
     for parsed in headers.values():
@@ -452,17 +459,15 @@ def test_whole_corpus_syncs_and_a_bad_message_never_stops_the_run(mail, world, d
             try:
                 client.append("INBOX", path.read_bytes(), (), msg_time=when)
             except Exception as exc:  # refused by the server: such mail never reaches a mailbox
-                refused.append((str(path.relative_to(corpus)), f"{type(exc).__name__}: {exc}"))
+                refused.append((str(path.relative_to(root)), f"{type(exc).__name__}: {exc}"))
             else:
                 accepted.append(path)
     finally:
         client.logout()
-    print(f"{len(accepted)} corpus files appended, {len(refused)} refused by Dovecot: {refused}")
-    assert len(accepted) > 150
+    print(f"{len(accepted)} files appended, {len(refused)} refused by Dovecot: {refused}")
 
     expected_keys = {dedupe_key(headers[path], path.read_bytes()) for path in accepted
                      if headers[path].all_addresses() & customer_addresses}
-    assert len(expected_keys) > 100
 
     box = mail.link(rep, address)
     run = mail.sync(box, "backfill")
@@ -491,6 +496,7 @@ def test_whole_corpus_syncs_and_a_bad_message_never_stops_the_run(mail, world, d
     again = mail.sync(box)
     assert again.id != run.id
     assert (again.status, again.seen, again.logged) == ("succeeded", 0, 0)
+    return accepted, refused, expected_keys
 
 
 def test_a_message_too_long_for_the_database_is_recorded_and_the_run_goes_on(mail, world):

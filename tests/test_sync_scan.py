@@ -7,14 +7,12 @@ import pytest
 from portal.mail import parse
 from portal.mail.imap import uid_set
 from portal.sync import _scan
-from tests.test_parse import CORPUS_FILES, MISSING_CORPUS
+from tests import corpus
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES)
+@pytest.mark.parametrize("path", corpus.message_params())
 def test_the_scan_sees_every_address_the_parser_sees(path):
-    if path is None:
-        pytest.fail(MISSING_CORPUS)
-    header = parse._split_header_block(path.read_bytes())[0]
+    header = parse._split_header_block(corpus.read(path))[0]
     tokens, unusual = _scan(header)
     if not unusual:
         assert parse.parse_headers(header).all_addresses() <= tokens
