@@ -31,11 +31,22 @@ def test_the_scan_leaves_message_ids_out_even_folded():
     b"To: guest@localhost\r\n",  # no dot in the domain
     b"To: jdoe@test   . example\r\n",  # obsolete spaced syntax
     b"To: <@relay.test:mary@klient.test>\r\n",  # obsolete route
-    b"From: =?utf-8?q?jiri=40klient.test?= <x@y.test>\r\n",  # an @ encoded
+    b"From: =?bogus-16?q?jiri=40klient.test?= <x@y.test>\r\n",  # an @ encoded in an unknown charset
+    b"From: =?utf-8?b?!!notbase64?= <x@y.test>\r\n",  # an encoded word that does not decode
     b"From: \xb4google@klient.test\r\n",  # 8-bit, not UTF-8
 ])
 def test_the_scan_hands_what_it_cannot_see_through_to_the_parser(header):
     assert _scan(header)[1] is True
+
+
+def test_the_scan_decodes_encoded_words_that_hold_a_whole_address():
+    """Some mailers write "Name <address>" as one encoded word: the scan reads inside it."""
+    header = (b"From: =?utf-8?b?SmFuYSBOb3bDoWtvdsOhIDxqYW5hLm5vdmFrb3ZhQGtsaWVudC50ZXN0Pg==?=\r\n"
+              b"To: =?iso-8859-2?q?prodej=40reality-domov.test?=\r\n")
+    assert _scan(header) == ({"jana.novakova@klient.test", "prodej@reality-domov.test"}, False)
+    assert _scan(b"From: =?utf-8?q?jiri=40klient.test?= <x@y.test>\r\n") == (
+        {"jiri@klient.test", "x@y.test"}, False)  # more than the parser sees, never less
+    assert _scan(b"From: =?utf-16?b?AGoAYQBuAGEAQAB4AC4AdABlAHMAdA==?=\r\n")[1] is True  # not ASCII-compatible
 
 
 def test_uid_sets_write_runs_as_ranges():
