@@ -152,6 +152,61 @@ def mail(app, world, dovecot):
     return MailWorld(app, world, dovecot)
 
 
+@pytest.fixture(scope="session")
+def oauth_server():
+    """The stand-in for Microsoft's and Google's authorization servers (tests/oauth_server.py)."""
+    from tests.oauth_server import OAuthTestServer
+
+    server = OAuthTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(oauth_server):
+    """A Dovecot whose oauth2 passdb asks our authorization server about every XOAUTH2 token
+    (passwords still work for the tests' own APPENDs)."""
+    from tests.servers import Dovecot
+
+    server = Dovecot(oauth2_introspection_url=oauth_server.introspection_url)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def smtp_sink(oauth_server):
+    """An SMTP server (aiosmtpd) that takes passwords and checks XOAUTH2 tokens with the
+    authorization server."""
+    from tests.oauthworld import introspection_checker
+    from tests.servers import SmtpSink
+
+    sink = SmtpSink(token_checker=introspection_checker(oauth_server))
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def worker_process(app):
+    """start() runs `python worker.py --no-scheduler` as a separate process against the test's
+    database and Redis, configured through the environment from the app's config as an
+    operator would; it is stopped at the end of the test."""
+    from tests.servers import WorkerProcess
+
+    workers = []
+
+    def start(**extra) -> "WorkerProcess":
+        worker = WorkerProcess(app.config, extra)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
 @pytest.fixture
 def live_server(app):
     """The test app served over real HTTP in a thread, for Chromium."""
@@ -192,3 +247,14 @@ def signed_in_page(page, live_server):
         return page
 
     return sign_in
+
+
+@pytest.fixture
+def person(page, live_server):
+    """A person in Chromium at the live portal (tests/journeys.py). Any CSP violation or
+    script error on the pages they open fails the test."""
+    from tests.journeys import Person
+
+    someone = Person(page, live_server)
+    yield someone
+    someone.assert_clean()

@@ -6,27 +6,23 @@ against that server's introspection endpoint, and an aiosmtpd sink checks SMTP X
 tokens the same way. So the token the portal obtained through the browser flow is the
 token the mail servers accept. Nothing else is replaced.
 """
-import json
 import logging
-import re
 import threading
-import uuid
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 from sqlalchemy import select, text
 
-from portal import crypto, oauth
+from portal import oauth
 from portal import mailboxes as mailbox_service
 from portal.extensions import db
 from portal.models import AuditEvent, FolderCheckpoint, Mailbox
 from portal.timeutil import utcnow
-from tests.factories import csrf_from
-from tests.mailworld import MailWorld
-from tests.oauth_server import GMAIL, OUTLOOK, OAuthTestServer
-from tests.servers import Dovecot, SmtpSink
+from tests.oauth_server import GMAIL, OUTLOOK
+from tests.oauthworld import OAuthWorld
+from tests.oauthworld import flashes as _flashes
+from tests.oauthworld import link_with as _link_with
 
 # The SMTP sink takes AUTH without TLS on loopback on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -37,139 +33,10 @@ SMTP_SCOPE = OUTLOOK + "SMTP.Send"
 # (method, path, form body, {role: status}); `{theirs}` is another rep's mailbox. In the role
 # test no provider has a client id: connecting says "not configured" and goes back (302).
 ROUTE_ROLE_TABLE = [
-    ("POST", "/oauth/microsoft/connect", None, {"rep": 302, "support": 302, "it": 302, "admin": 302}),
+    ("GET", "/oauth/microsoft/connect", None, {"rep": 302, "support": 302, "it": 302, "admin": 302}),
     ("GET", "/oauth/microsoft/callback", None, {"rep": 400, "support": 400, "it": 400, "admin": 400}),
-    ("POST", "/oauth/microsoft/reconnect/{theirs}", None, {"rep": 404, "support": 404, "it": 404, "admin": 404}),
+    ("GET", "/oauth/microsoft/reconnect/{theirs}", None, {"rep": 404, "support": 404, "it": 404, "admin": 404}),
 ]
-
-
-# --- real parts for the whole module -------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def oauth_server():
-    server = OAuthTestServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def oauth_dovecot(oauth_server):
-    """A Dovecot whose oauth2 passdb asks our authorization server about every XOAUTH2 token
-    (passwords still work for the tests' own APPENDs)."""
-    server = Dovecot(oauth2_introspection_url=oauth_server.introspection_url)
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def smtp_sink(oauth_server):
-    def token_checker(user: str, token: str) -> bool:
-        answer = requests.post(f"{oauth_server.url}/introspect", data={"token": token}, timeout=10,
-                               auth=("mail-server", "mail-server-secret")).json()
-        return bool(answer.get("active")) and answer.get("username") == user
-
-    sink = SmtpSink(token_checker=token_checker)
-    sink.start()
-    yield sink
-    sink.stop()
-
-
-class OAuthWorld:
-    """Reps, their mailboxes on the OAuth Dovecot, and the browser's trip through the flow."""
-
-    def __init__(self, app, world, server, dovecot, sink):
-        self.app, self.world, self.server, self.dovecot, self.sink = app, world, server, dovecot, sink
-        self.mail = MailWorld(app, world, dovecot)
-        self.tag = self.mail.tag
-        self.client_ids = {}
-        for name in ("microsoft", "google"):
-            client_id, secret = f"eis-{name}-{self.tag}", uuid.uuid4().hex
-            self.server.flavour(name).register_client(
-                client_id, secret, [f"http://localhost/oauth/{name}/callback"])
-            self.client_ids[name] = client_id
-            prefix = f"EIS_{name.upper()}_"
-            app.config.update({
-                prefix + "CLIENT_ID": client_id, prefix + "CLIENT_SECRET": secret,
-                prefix + "METADATA_URL": self.server.flavour(name).metadata_url,
-                prefix + "IMAP_HOST": "127.0.0.1", prefix + "IMAP_PORT": dovecot.imaps_port,
-                prefix + "IMAP_SECURITY": "ssl",
-                prefix + "SMTP_HOST": "127.0.0.1", prefix + "SMTP_PORT": sink.port, prefix + "SMTP_SECURITY": "none",
-            })
-        app.config["EIS_TLS_CA_FILE"] = str(dovecot.cert_path)
-
-    def flavour(self, name):
-        return self.server.flavour(name)
-
-    def address(self, local: str) -> str:
-        """A mailbox on the OAuth Dovecot (its password only for the tests' APPENDs)."""
-        return self.mail.imap_user(local, "append-only-pw")
-
-    def rep(self, local: str):
-        user = self.world.user(f"{local}-{self.tag}@crm.test", "rep")
-        return user, self.world.login(user)
-
-    # -- the browser's trip --------------------------------------------------------------------
-    def click(self, client, provider: str, *, path: str | None = None):
-        """Press "Connect Outlook"/"Connect Google" (or Reconnect) on the rep's page: the form's
-        POST with its CSRF token; returns the provider's authorization URL it redirects to."""
-        if path is None:
-            page = client.get("/mailboxes").get_data(as_text=True)
-            label = {"microsoft": "Connect Outlook", "google": "Connect Google"}[provider]
-            form = _form_with(page, label)
-            path = re.search(r'action="([^"]+)"', form).group(1)
-            token = csrf_from(form)
-        else:
-            token = csrf_from(client.get("/").get_data(as_text=True))
-        r = client.post(path, data={"csrf_token": token})
-        assert r.status_code == 302, r.get_data(as_text=True)
-        return r.headers["Location"]
-
-    def at_provider(self, authorize_url: str) -> str:
-        """The browser at the provider (auto-approved as the chosen account); the callback path."""
-        assert authorize_url.startswith(self.server.url), authorize_url
-        r = requests.get(authorize_url, allow_redirects=False, timeout=10)
-        assert r.status_code == 302, r.text
-        back = urlsplit(r.headers["Location"])
-        assert back.netloc == "localhost", back
-        return f"{back.path}?{back.query}"
-
-    def connect(self, client, provider: str, account: str, *, path: str | None = None):
-        """The whole trip; returns the response to the callback."""
-        self.flavour(provider).choose_account(account)
-        callback = self.at_provider(self.click(client, provider, path=path))
-        return client.get(callback)
-
-    def reconnect(self, client, mailbox: Mailbox, account: str | None = None):
-        return self.connect(client, mailbox.provider, account or mailbox.address,
-                            path=f"/oauth/{mailbox.provider}/reconnect/{mailbox.id}")
-
-    def mailbox_of(self, address: str) -> Mailbox:
-        return db.session.scalars(select(Mailbox).where(Mailbox.address == address,
-                                                        Mailbox.state != "disconnected")).one()
-
-    def sync(self, mailbox: Mailbox, trigger: str = "manual"):
-        return self.mail.sync(mailbox, trigger)
-
-    def tokens(self, mailbox: Mailbox) -> dict:
-        db.session.refresh(mailbox)
-        return json.loads(crypto.decrypt(mailbox.secret_encrypted))
-
-    def make_due(self, mailbox: Mailbox) -> None:
-        """The stored token is about to expire (the provider still honours it)."""
-        mailbox.token_expires_at = utcnow() + timedelta(seconds=30)
-        db.session.commit()
-
-
-def _form_with(page: str, label: str) -> str:
-    for form in re.findall(r"<form\b.*?</form>", page, re.DOTALL):
-        if label in form:
-            return form
-    raise AssertionError(f"no form with {label!r} on the page")
-
-
-def _flashes(client) -> str:
-    return client.get("/mailboxes").get_data(as_text=True)
 
 
 @pytest.fixture
@@ -617,12 +484,10 @@ def test_reconnect_is_only_for_the_owners_problematic_oauth_mailbox(ow):
     address = ow.address("rc-owner")
     ow.connect(client, "microsoft", address)
     box = ow.mailbox_of(address)
-    token = csrf_from(other.get("/").get_data(as_text=True))
-    assert other.post(f"/oauth/microsoft/reconnect/{box.id}", data={"csrf_token": token}).status_code == 404
-    assert client.post(f"/oauth/google/reconnect/{box.id}",
-                       data={"csrf_token": csrf_from(client.get("/").get_data(as_text=True))}).status_code == 404
-    mine = csrf_from(client.get("/").get_data(as_text=True))
-    r = client.post(f"/oauth/microsoft/reconnect/{box.id}", data={"csrf_token": mine})
+    assert other.get(f"/oauth/microsoft/reconnect/{box.id}").status_code == 404
+    assert client.get(f"/oauth/google/reconnect/{box.id}").status_code == 404
+    assert client.get(f"/oauth/microsoft/reconnect/{2**63}").status_code == 404
+    r = client.get(f"/oauth/microsoft/reconnect/{box.id}")
     assert r.status_code == 302 and r.headers["Location"] == "/mailboxes"  # active: nothing to reconnect
     assert "not Problematic" in _flashes(client)
 
@@ -634,9 +499,9 @@ def test_problematic_oauth_mailbox_offers_reconnect_on_its_page(ow):
     box = ow.mailbox_of(address)
     ow.flavour("google").revoke_grant(address)
     ow.sync(box)
-    page = client.get(f"/mailboxes/{box.id}/reconnect").get_data(as_text=True)
-    form = _form_with(page, "Reconnect")
-    assert f'action="/oauth/google/reconnect/{box.id}"' in form and 'name="csrf_token"' in form
+    for page in (f"/mailboxes/{box.id}/reconnect", "/mailboxes"):
+        link = _link_with(client.get(page).get_data(as_text=True), "Reconnect")
+        assert link.startswith(f"/oauth/google/reconnect/{box.id}?t=")
 
 
 def test_provider_not_configured_is_shown_and_connect_is_refused_politely(ow, app):
@@ -644,17 +509,27 @@ def test_provider_not_configured_is_shown_and_connect_is_refused_politely(ow, ap
     _, client = ow.rep("nocfg")
     page = client.get("/mailboxes").get_data(as_text=True)
     assert "Connect Google: not configured" in page
-    assert "Connect Outlook" in _form_with(page, "Connect Outlook")
-    token = csrf_from(page)
-    r = client.post("/oauth/google/connect", data={"csrf_token": token})
+    assert _link_with(page, "Connect Outlook").startswith("/oauth/microsoft/connect?t=")
+    r = client.get("/oauth/google/connect")
     assert r.status_code == 302 and r.headers["Location"] == "/mailboxes"
     assert "not configured on this server" in _flashes(client)
-    assert client.post("/oauth/yahoo/connect", data={"csrf_token": token}).status_code == 404
+    assert client.get("/oauth/yahoo/connect").status_code == 404
 
 
-def test_connect_needs_the_csrf_token(ow):
+def test_connect_starts_only_from_a_link_the_portal_gave_this_user_in_this_session(ow, app):
+    """Another site cannot start a sign-in in a rep's browser: the link carries a token bound
+    to the user, the browser session, the provider and the mailbox."""
     _, client = ow.rep("nocsrf")
-    assert client.post("/oauth/microsoft/connect").status_code == 400
+    _, other = ow.rep("nocsrf-other")
+    mine = _link_with(client.get("/mailboxes").get_data(as_text=True), "Connect Outlook")
+    theirs = _link_with(other.get("/mailboxes").get_data(as_text=True), "Connect Outlook")
+    for refused in ("/oauth/microsoft/connect", "/oauth/microsoft/connect?t=forged", theirs,
+                    mine.replace("/microsoft/", "/google/")):
+        r = client.get(refused)
+        assert r.status_code == 302 and r.headers["Location"] == "/mailboxes", refused
+        assert not r.headers["Location"].startswith(ow.server.url)
+    assert "expired or is not yours" in _flashes(client)
+    assert client.get(mine).headers["Location"].startswith(ow.server.url)
 
 
 def test_a_declined_consent_at_the_provider_is_explained(ow):

@@ -1,14 +1,26 @@
 """The authorization-code flow, from the "Connect Outlook" / "Connect Google" button to the
 mailbox linked to the signed-in user (and no one else).
 
-connect (POST, CSRF) and reconnect (POST, CSRF) send the browser to the provider; the
-callback takes the flow back by its state, only for the user who began it in this browser
-session, exchanges the code, checks the account and the scopes, tries IMAP, and links.
+connect and reconnect are links (GET) that send the browser to the provider; the callback
+takes the flow back by its state, only for the user who began it in this browser session,
+exchanges the code, checks the account and the scopes, tries IMAP, and links.
+
+Why links and not forms: a form's POST that answers with a redirect to the provider is a
+form submission to another origin, and the portal's CSP says `form-action 'self'`. Chromium
+(and CSP Level 3) checks form-action on every redirect of the submission, so the browser
+never left the portal. Listing the providers' origins in form-action is not enough either:
+Microsoft's authorize endpoint may redirect on to other hosts (login.live.com) within the
+same navigation. A link is a plain navigation, which no CSP directive governs in Chromium,
+Firefox or Safari, so the CSP stays as strict as everywhere else. The link carries a token
+bound to the user, the session, the provider and the mailbox (an hour long), so another
+site cannot start a flow in a rep's browser; the flow's state is bound to the session as before.
 """
 import logging
+import secrets
 
 from flask import abort, current_app, flash, redirect, request, session, url_for
 from flask_login import current_user
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisError
 
 from portal import oauth
@@ -23,6 +35,9 @@ from portal.web.roles import ALL_ROLES, roles_required
 
 log = logging.getLogger(__name__)
 SESSION_KEY = "eis_oauth_states"  # the states begun in this browser session
+START_KEY = "eis_oauth_start"  # a random value per browser session that start links are bound to
+START_MAX_AGE = 3600
+MAX_ID = 2**31 - 1  # an integer column: larger ids cannot exist (and PostgreSQL refuses them)
 MAX_PENDING = 5
 
 
@@ -34,6 +49,34 @@ def _oauth_providers():
 @bp.app_template_global("oauth_provider")
 def _oauth_provider(name):
     return oauth.get_provider(name)
+
+
+def _start_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt="eis-oauth-start")
+
+
+@bp.app_template_global("oauth_start_url")
+def oauth_start_url(provider: str, mailbox_id: int | None = None) -> str:
+    """The link that starts Connect (or Reconnect of `mailbox_id`) with `provider`."""
+    nonce = session.get(START_KEY)
+    if not nonce:
+        nonce = session[START_KEY] = secrets.token_urlsafe(16)
+    token = _start_signer().dumps([current_user.id, provider, mailbox_id, nonce])
+    if mailbox_id is None:
+        return url_for("oauth.connect", provider=provider, t=token)
+    return url_for("oauth.reconnect", provider=provider, mailbox_id=mailbox_id, t=token)
+
+
+def _check_start_token(provider: str, mailbox_id: int | None) -> None:
+    """Only a link the portal gave this user in this browser session starts a flow."""
+    try:
+        user_id, name, box, nonce = _start_signer().loads(request.args.get("t", ""), max_age=START_MAX_AGE)
+    except (BadSignature, ValueError, TypeError):
+        user_id = name = box = nonce = None
+    expected = [current_user.id, provider, mailbox_id, session.get(START_KEY)]
+    if not session.get(START_KEY) or [user_id, name, box, nonce] != expected:
+        flash("That sign-in link has expired or is not yours. Press the button again.", "error")
+        abort(redirect(_accounts_url()))
 
 
 def _provider_or_404(name: str) -> oauth.Provider:
@@ -64,8 +107,6 @@ def _not_configured(provider: oauth.Provider):
 
 
 def _begin(provider: oauth.Provider, mailbox: Mailbox | None = None):
-    if not provider.configured:
-        return _not_configured(provider)
     try:
         url, flow = oauth.begin_authorization(provider, current_user, _redirect_uri(provider), mailbox)
     except oauth.OAuthFailure as exc:
@@ -80,25 +121,32 @@ def _begin(provider: oauth.Provider, mailbox: Mailbox | None = None):
     return redirect(url)
 
 
-@bp.post("/oauth/<provider>/connect")
+@bp.get("/oauth/<provider>/connect")
 @roles_required(*ALL_ROLES)
 def connect(provider: str):
-    return _begin(_provider_or_404(provider))
+    p = _provider_or_404(provider)
+    if not p.configured:
+        return _not_configured(p)
+    _check_start_token(p.name, None)
+    return _begin(p)
 
 
-@bp.post("/oauth/<provider>/reconnect/<int:mailbox_id>")
+@bp.get("/oauth/<provider>/reconnect/<int:mailbox_id>")
 @roles_required(*ALL_ROLES)
 def reconnect(provider: str, mailbox_id: int):
     """Sign in again for a Problematic OAuth mailbox; the callback keeps the mailbox, its
     checkpoints and history, and refuses any other account."""
     p = _provider_or_404(provider)
-    mailbox = db.session.get(Mailbox, mailbox_id)
+    mailbox = db.session.get(Mailbox, mailbox_id) if mailbox_id <= MAX_ID else None
     # Only the owner: another user's mailbox is indistinguishable from a missing one.
     if mailbox is None or mailbox.user_id != current_user.id or mailbox.provider != p.name:
         abort(404, description="You have no such email account.")
     if mailbox.state != "problematic":
         flash(f"{mailbox.address} is {mailbox.state}, not Problematic: there is nothing to reconnect.", "info")
         return redirect(_accounts_url())
+    if not p.configured:
+        return _not_configured(p)
+    _check_start_token(p.name, mailbox_id)
     return _begin(p, mailbox)
 
 
