@@ -78,6 +78,11 @@ def _coerce(default, value: str):
             return int(value)
         except ValueError as exc:
             raise ConfigError(f"expected a whole number, got {value!r}") from exc
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise ConfigError(f"expected a number, got {value!r}") from exc
     return value
 
 
