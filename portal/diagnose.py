@@ -89,6 +89,7 @@ class MessageCheck:
     stored_here: bool  # the stored email was seen at this very folder and UID
     stored_on: list[StoredCustomer]
     would_log_on: list[StoredCustomer]  # the customers the rules log it on (empty unless it is logged)
+    support_contact: str | None = None  # whom to report to (EIS_SUPPORT_CONTACT)
 
     @property
     def stored(self) -> bool:
@@ -110,7 +111,8 @@ class MessageCheck:
             return "Not logged yet: the rules log it, and the sync has not reached it; it is logged at the next sync."
         if self.would_log:
             return ("The rules log it but it is not stored: look at the runs below for messages that "
-                    "could not be stored, and report it to support@realpadsoftware.com if none is listed.")
+                    f"could not be stored, and report it to {self.support_contact or 'your CRM administrator'} "
+                    "if none is listed.")
         failure = self.first_failure
         return f"Not logged: {failure.explanation}" if failure else "Not logged."
 
@@ -141,7 +143,8 @@ class _Found:
 
 
 def why(mailbox: Mailbox, query: str, *, connect: Callable[[Mailbox], ImapSession] = open_session,
-        per_folder: int = RECENT_PER_FOLDER, limit: int = MAX_RESULTS) -> WhyResult:
+        per_folder: int = RECENT_PER_FOLDER, limit: int = MAX_RESULTS,
+        support_contact: str | None = None) -> WhyResult:
     """Find the mailbox's recent messages matching `query` (subject, address or Message-ID;
     empty: the newest ones) and explain for each whether and why it is logged."""
     query = (query or "").strip()[:MAX_QUERY]
@@ -160,6 +163,8 @@ def why(mailbox: Mailbox, query: str, *, connect: Callable[[Mailbox], ImapSessio
     found.sort(key=lambda f: (f.record.internal_date, f.record.uid), reverse=True)
     result.more = len(found) > limit
     result.checks = _explain(mailbox, found[:limit])
+    for check in result.checks:
+        check.support_contact = support_contact
     return result
 
 

@@ -34,7 +34,7 @@ from portal import mailboxes as mailbox_service
 from portal.addresses import normalise_address
 from portal.extensions import db
 from portal.mail import parse, rawstore, rules
-from portal.mail.errors import Classified, classify_exception, classify_text, plain_words
+from portal.mail.errors import ACCOUNTS_PAGE, Classified, classify_exception, classify_text, plain_words
 from portal.models import Activity, Customer, CustomerPrimaryEmail, DealCustomer, Email, Mailbox, OutgoingEmail, User
 from portal.timeutil import utcnow
 
@@ -51,7 +51,6 @@ PROVIDER_SMTP = {
     "google": ("smtp.gmail.com", 465, "ssl"),
 }
 CONNECTED_STATES = ("pending", "active", "problematic")
-ACCOUNTS_PAGE = "Settings -> User -> Email Accounts"
 
 
 # --- preconditions ------------------------------------------------------------------------
@@ -151,20 +150,20 @@ def mailbox_problem(mailbox: Mailbox) -> Problem | None:
     url = accounts_url()
     if mailbox.state == "disconnected":
         return Problem("mailbox_disconnected",
-                       f"Your email account {mailbox.address} is disconnected. Connect it again in "
+                       f"Your email account {mailbox.address} is disconnected. Connect it again on "
                        f"{ACCOUNTS_PAGE} ({url}) to send from it.", 409, "mailbox_id",
                        link=(url, "Connect it again"), extra={"reconnect_url": url})
     if mailbox.state == "problematic":
         return Problem("mailbox_problematic",
                        f"Your email account {mailbox.address} is Problematic, so nothing can be sent from it: "
-                       f"{plain_words(mailbox.reason or 'protocol_error')} Reconnect it in {ACCOUNTS_PAGE} "
-                       f"({url}): delete the connection and connect the same account again.",
+                       f"{plain_words(mailbox.reason or 'protocol_error')} Press Reconnect beside it on "
+                       f"{ACCOUNTS_PAGE} ({url}) and sign in again.",
                        409, "mailbox_id", link=(url, "Reconnect the account"),
                        extra={"reason": mailbox.reason, "reconnect_url": url})
     if smtp_endpoint(mailbox)[0] is None:
         return Problem("mailbox_cannot_send",
                        f"Your email account {mailbox.address} was connected without an SMTP server, so it "
-                       f"cannot send. Reconnect it with its SMTP settings in {ACCOUNTS_PAGE} ({url}).",
+                       f"cannot send. Reconnect it with its SMTP settings on {ACCOUNTS_PAGE} ({url}).",
                        422, "mailbox_id", link=(url, "Reconnect the account"), extra={"reconnect_url": url})
     return None
 
@@ -172,7 +171,7 @@ def mailbox_problem(mailbox: Mailbox) -> Problem | None:
 def _no_mailbox() -> Problem:
     url = accounts_url()
     return Problem("no_mailbox",
-                   f"You have no email account connected. Connect one in {ACCOUNTS_PAGE} ({url}) "
+                   f"You have no email account connected. Connect one on {ACCOUNTS_PAGE} ({url}) "
                    f"to send email from the CRM.", 422, link=(url, "Connect an email account"),
                    extra={"connect_url": url})
 

@@ -389,6 +389,22 @@ def test_refusals_are_fixed_by_reconnecting():
         )
 
 
+def test_steps_name_this_portals_page_and_the_reconnect_button_beside_them():
+    for reason in ("auth_failed", "token_revoked", "imap_disabled"):
+        steps = " ".join(fix_steps(reason))
+        assert "press Reconnect, beside these steps on My email accounts" in steps
+        assert "Settings -> User" not in steps
+
+
+def test_support_is_sent_to_the_configured_contact_or_the_crm_administrator():
+    assert any("report it to your CRM administrator" in s for s in fix_steps("protocol_error"))
+    assert any("report it to help@crm-vendor.test" in s
+               for s in fix_steps("protocol_error", support_contact="help@crm-vendor.test"))
+    assert any("report it to https://help.crm-vendor.test/eis" in s
+               for s in fix_steps("auth_failed", support_contact="https://help.crm-vendor.test/eis"))
+    assert not any("realpad" in s for r in ("auth_failed", "protocol_error") for s in fix_steps(r))
+
+
 def test_unknown_reason_gets_generic_words():
     assert (
         plain_words("no_such_reason")

@@ -180,9 +180,12 @@ def plain_words(reason: str) -> str:
     )
 
 
-def fix_steps(reason: str) -> list[str]:
-    """What to do about it, each step naming who can do it."""
-    return list(_FIX_STEPS.get(reason, _FIX_STEPS["protocol_error"]))
+def fix_steps(reason: str, *, support_contact: str | None = None) -> list[str]:
+    """What to do about it, each step naming who can do it. `support_contact` is whom
+    support reports to (an address or a URL, the EIS_SUPPORT_CONTACT setting); without it,
+    the CRM's administrator."""
+    contact = (support_contact or "").strip() or "your CRM administrator"
+    return [step.replace(_CONTACT, contact) for step in _FIX_STEPS.get(reason, _FIX_STEPS["protocol_error"])]
 
 
 # --- classification ------------------------------------------------------------------------
@@ -312,12 +315,15 @@ _PLAIN_WORDS = {
     "protocol_error": "The mail server answered in a way we did not understand.",
 }
 
+ACCOUNTS_PAGE = "My email accounts"  # the portal's page where reps connect and reconnect
+_CONTACT = "{support contact}"
 _RECONNECT = (
-    "Mailbox owner: reconnect the account in Settings -> User -> Email Accounts: "
-    "delete the connection and connect the same account again."
+    f"Mailbox owner: reconnect the account: press Reconnect, beside these steps on {ACCOUNTS_PAGE}, and sign in again "
+    "(or type the new password); syncing continues where it stopped, nothing is lost or logged twice. "
+    "Or delete the connection and connect the same account again."
 )
 _REPORT = (
-    "Support: if it keeps failing, report it to support@realpadsoftware.com "
+    f"Support: if it keeps failing, report it to {_CONTACT} "
     "with the reason and the server's words shown here."
 )
 _MICROSOFT_PERMISSIONS = (

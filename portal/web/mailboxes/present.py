@@ -5,12 +5,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from flask import current_app
+from flask import current_app, url_for
+from jinja2.utils import urlize
+from markupsafe import Markup
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.mail.errors import fix_steps, plain_words
+from portal.mail.errors import ACCOUNTS_PAGE, fix_steps, plain_words
 from portal.models import Mailbox, SyncRun
 from portal.queue import job_state, sync_job_id
 from portal.timeutil import utcnow
@@ -107,7 +109,8 @@ def problem_of(mailbox: Mailbox) -> dict | None:
     if mailbox.state != "problematic":
         return None
     reason = mailbox.reason or "protocol_error"
-    return {"reason": reason, "words": plain_words(reason), "steps": fix_steps(reason), "detail": mailbox.detail}
+    steps = fix_steps(reason, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT"))
+    return {"reason": reason, "words": plain_words(reason), "steps": steps, "detail": mailbox.detail}
 
 
 def server_line(mailbox: Mailbox) -> str:
@@ -153,8 +156,17 @@ def iso_utc(value: datetime | None) -> str:
     return "" if value is None else value.replace(microsecond=0).isoformat() + "Z"
 
 
+def step_html(step: str) -> Markup:
+    """A fix step for the page: its web addresses and email addresses as links, and the name
+    of the page where reps reconnect as a link to it."""
+    html = urlize(step, rel="noopener noreferrer", target="_blank")
+    page = f'<a href="{url_for("mailboxes.mine")}">{ACCOUNTS_PAGE}</a>'
+    return Markup(html.replace(ACCOUNTS_PAGE, page, 1))
+
+
 def register(app_bp) -> None:
     """Filters and globals the portal's templates use (registered app-wide by the blueprint)."""
+    app_bp.add_app_template_filter(step_html, "step_html")
     app_bp.add_app_template_filter(relative_time, "relative_time")
     app_bp.add_app_template_filter(exact_utc, "exact_utc")
     app_bp.add_app_template_filter(iso_utc, "iso_utc")

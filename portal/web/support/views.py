@@ -1,4 +1,4 @@
-from flask import flash, redirect, request, url_for
+from flask import current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import desc, func, select
@@ -64,7 +64,8 @@ def mailbox_status(mailbox_id: int):
 def why(mailbox_id: int):
     """Read the mailbox live (read-only, headers only) and explain each matching message."""
     box = get_or_404(Mailbox, mailbox_id)
-    result = diagnose.why(box, request.args.get("q", "")) if "q" in request.args else None
+    result = diagnose.why(box, request.args.get("q", ""), support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")) \
+        if "q" in request.args else None
     return ops_page("support/why.html", "support/_why.html", mailbox=box, result=result,
                             steps=_steps_with_audience)
 
@@ -130,7 +131,7 @@ def _problem(box: Mailbox) -> dict | None:
 def _steps_with_audience(reason: str) -> list[tuple[str | None, str]]:
     """fix_steps split into (who, what) so the page can show whom each step is for."""
     steps = []
-    for step in fix_steps(reason):
+    for step in fix_steps(reason, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")):
         who, sep, what = step.partition(": ")
         if sep and who.startswith(AUDIENCES):
             steps.append((who, what))
