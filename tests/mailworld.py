@@ -42,6 +42,7 @@ class MailWorld:
 
     def put(self, address: str, folder: str = "INBOX", *, days_ago: float = 1, flags=(), **message) -> int:
         when = datetime.now().astimezone() - timedelta(days=days_ago)
+        message.setdefault("date", when)  # written when it arrived, as mail is
         return self.dovecot.append(address, folder, make_message(**message), flags=flags, when=when)
 
     def sync(self, mailbox: Mailbox, trigger: str = "manual"):

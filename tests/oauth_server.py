@@ -216,6 +216,9 @@ class Flavour:
         self.include_email_claim = True  # Microsoft: without it the address is preferred_username
         # knobs
         self.account: str | None = None
+        # True: /authorize shows a sign-in and consent page (account, a box per scope, Accept),
+        # as the real providers do; a browser test fills it in. False: auto-approved as `account`.
+        self.interactive = False
         self.unticked: set[str] = set()
         self.secret_rejected = False
         self.secret_words = "expired_secret"
@@ -523,6 +526,14 @@ class Flavour:
                 if request.args.get("state"):
                     params.append(("state", request.args["state"]))
                 return make_response("", 302, {"Location": add_params_to_uri(target, params)})
+            if self.interactive and request.method == "GET":
+                return self._consent_page()
+            if self.interactive:  # the consent page's Accept: its account and the boxes left ticked
+                self.account = request.form.get("account", "").strip().lower() or None
+                if self.account:
+                    self.accounts.setdefault(self.account, Account(self.account))
+                asked = scope_to_list(request.args.get("scope")) or []
+                self.unticked = set(asked) - set(request.form.getlist("granted"))
             if self.account is None:
                 return make_response("no account chosen by the test", 400)
             account = self.accounts[self.account]
@@ -531,6 +542,27 @@ class Flavour:
             except OAuth2Error as error:
                 return self.authorization_server.handle_error_response(None, error)
             return self.authorization_server.create_authorization_response(grant_user=account, grant=grant)
+
+    def _consent_page(self):
+        """What a person sees at the provider: who signs in, what the app asks for, Accept."""
+        from html import escape
+
+        title = {"microsoft": "Microsoft", "google": "Google"}[self.name]
+        asked = scope_to_list(request.args.get("scope")) or []
+        boxes = "\n".join(
+            f'<li><label><input type="checkbox" name="granted" value="{escape(s)}" checked> {escape(s)}</label></li>'
+            for s in asked)
+        page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Sign in to your account · {title} (test provider)</title></head><body>
+<h1>Sign in to {title}</h1>
+<form method="post">
+<p><label for="account">Email address</label>
+<input id="account" name="account" type="email" value="{escape(request.args.get('login_hint') or self.account or '')}"></p>
+<p>The app asks for these permissions:</p>
+<ul>{boxes}</ul>
+<button type="submit">Accept</button>
+</form></body></html>"""
+        return make_response(page, 200, {"Content-Type": "text/html; charset=utf-8"})
 
     def handle_token(self):
         with self.lock:
@@ -630,7 +662,7 @@ class OAuthTestServer:
             flavour = flavour_or_404(name)
             return jsonify({"keys": [flavour.key.as_dict(private=False)]}) if flavour else ("", 404)
 
-        @app.get("/<name>/authorize")
+        @app.route("/<name>/authorize", methods=["GET", "POST"])
         def authorize(name):
             flavour = flavour_or_404(name)
             return flavour.handle_authorize() if flavour else ("", 404)

@@ -1,5 +1,5 @@
-"""Support, IT and admins in Chromium: find a Problematic mailbox and read why, ask why an email
-was not logged, resync every Problematic mailbox once the cause is fixed, review accounts and health."""
+"""IT reviews accounts and an admin watches health in Chromium. (Support's, IT's and the
+admin's journeys are in tests/test_journeys_ops.py.)"""
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,91 +48,6 @@ def break_password(mail, box) -> None:
     assert run.status == "failed" and db.session.get(Mailbox, box.id).state == "problematic"
 
 
-def test_support_finds_a_problematic_mailbox_reads_why_and_checks_an_email(
-        mail, world, sales_team, signed_in_page, live_server, shoot):
-    petra_box, tomas_box = sales_team
-    break_password(mail, petra_box)
-    page = signed_in_page(world.user("sam@crm.test", "support", name="Sam"))
-
-    page.click("nav[aria-label=Main] >> text=Mailboxes")
-    first_row = page.locator("#mailbox-list tbody tr").first
-    expect(first_row).to_contain_text(petra_box.address)
-    expect(first_row).to_contain_text("Problematic")
-    expect(first_row).to_contain_text("auth_failed")
-    shoot("support-mailboxes.png")
-
-    first_row.locator("a").first.click()
-    expect(page.locator("h1")).to_have_text(petra_box.address)
-    problem = page.locator("section.problem")
-    expect(problem).to_contain_text("The mail server rejected the password or sign-in.")
-    expect(problem).to_contain_text("[AUTHENTICATIONFAILED] Authentication failed.")
-    expect(problem.locator(".who-badge").first).to_have_text("Mailbox owner")
-    expect(page.locator("#runs tbody tr").first).to_contain_text("failed")
-
-    # The check needs the mailbox's own login, which the server now refuses: said plainly, not a crash.
-    page.fill("#why input[name=q]", "offer")
-    page.click("#why button[type=submit]")
-    expect(page.locator("#why-result")).to_contain_text("The mailbox could not be read")
-    expect(page.locator("#why-result")).to_contain_text("auth_failed")
-
-    # Tomáš asks why Petra's note about Dvořák is not on Dvořák's Activities.
-    page.click("nav[aria-label=Main] >> text=Mailboxes")
-    page.fill("input[name=q]", "tomas")
-    expect(page.locator("#mailbox-list tbody tr")).to_have_count(1)
-    assert "q=tomas" in page.url  # the filtered list has its own address
-    page.locator("#mailbox-list tbody tr a").first.click()
-    expect(page.locator("h1")).to_have_text(tomas_box.address)
-    page.fill("#why input[name=q]", "")
-    page.click("#why button[type=submit]")
-    expect(page.locator("#why-result details.why-check")).to_have_count(2)  # the newest emails
-    logged = page.locator("#why-result details.why-check", has_text="Viewing on Saturday")
-    logged.locator("summary").click()
-    expect(logged).to_contain_text("Logged: the rules log it and it is stored.")
-    expect(logged).to_contain_text("Jiří Novák")
-
-    page.fill("#why input[name=q]", "discount")
-    page.click("#why button[type=submit]")
-    check = page.locator("#why-result details.why-check")
-    expect(check).to_have_count(1)
-    expect(check.locator("[data-rule=internal]")).to_have_class("verdict fail")
-    expect(check.locator("[data-rule=internal]")).to_contain_text(petra_box.address)
-    expect(check.locator("[data-rule=customer]")).to_have_class("verdict pass")
-    expect(check).to_contain_text("Karel Dvořák")
-    expect(check).to_contain_text("nothing of this email is stored")
-    shoot("support-mailbox.png")
-
-
-def test_admin_resyncs_every_problematic_mailbox_after_the_fix(
-        mail, world, sales_team, signed_in_page, live_server, shoot):
-    petra_box, tomas_box = sales_team
-    for box in (petra_box, tomas_box):
-        break_password(mail, box)
-    for box in (petra_box, tomas_box):  # IT fixes the cause on the server
-        mail.dovecot.set_password(box.address, "imap-pass-1")
-    page = signed_in_page(world.user("ada@crm.test", "admin", name="Ada"))
-
-    page.click("nav[aria-label=Main] >> text=Admin")
-    page.click("nav[aria-label=Admin] >> text=Mailboxes & resync")
-    page.click("text=Resync all 2 Problematic…")
-    expect(page.locator("h1")).to_have_text("Resync 2 mailboxes?")
-    expect(page.locator("table")).to_contain_text(petra_box.address)
-    expect(page.locator("table")).to_contain_text(tomas_box.address)
-    page.click("text=Yes, resync 2")
-    expect(page.locator(".flash")).to_contain_text("Resync asked for 2 mailboxes.")
-
-    db.session.expire_all()  # this thread plays the worker: forget what it read before the web changed it
-    mail.work()  # the worker runs the queued syncs; the server accepts the login again
-    db.session.expire_all()
-    assert {db.session.get(Mailbox, b.id).state for b in (petra_box, tomas_box)} == {"active"}
-    page.goto(live_server + "/admin/mailboxes")
-    expect(page.locator(".resync-all")).to_contain_text("No mailbox is Problematic.")
-    for box in (petra_box, tomas_box):
-        expect(page.locator("#mailbox-list tr", has_text=box.address)).to_contain_text("Active")
-    page.goto(live_server + f"/support/mailboxes/{petra_box.id}")
-    expect(page.locator("#runs tbody tr").first).to_contain_text("resync")
-    expect(page.locator("#runs tbody tr").first).to_contain_text("succeeded")
-
-
 def test_it_reviews_accounts_and_admin_watches_health(mail, world, sales_team, signed_in_page, live_server, shoot):
     petra_box, tomas_box = sales_team
     now = utcnow()
@@ -155,7 +70,6 @@ def test_it_reviews_accounts_and_admin_watches_health(mail, world, sales_team, s
     expect(page.locator(".scope-missing")).to_have_text(["SMTP.Send"])
     expect(page.locator("tr", has_text="lucie.novak@gmail.test")).to_contain_text("4 failed refreshes in a row")
     expect(page.locator("tr", has_text=petra_box.address)).to_contain_text("password (no OAuth scopes)")
-    shoot("it-accounts.png")
 
     from rq import SimpleWorker, Worker
 
