@@ -227,6 +227,7 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
         addresses |= item.headers.all_addresses()
     primaries, deals = sync.crm_facts_for(addresses)
     internal = internal_addresses()
+    own = sync.owner_addresses(mailbox)
     contacts = db.session.execute(
         select(CustomerContactEmail.address, Customer.id, Customer.external_id, Customer.name)
         .join(Customer, Customer.id == CustomerContactEmail.customer_id)
@@ -244,7 +245,7 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
         headers, record = item.headers, item.record
         facts = sync.message_facts(headers, record, item.folder)
         decision = rules.decide(facts, mailbox_address=mailbox.address, internal_addresses=internal,
-                                primary_addresses=primaries, deals=deals)
+                                primary_addresses=primaries, deals=deals, own_addresses=own)
         window = _window_verdict(mailbox, record)
         mine = headers.all_addresses()
         by_field = _fields_of(headers)

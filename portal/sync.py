@@ -198,6 +198,7 @@ class MailboxSync:
         self.mailbox, self.run, self.session = mailbox, run, session
         self.config = current_app.config
         self.internal = mailbox_service.internal_addresses()
+        self.own = owner_addresses(mailbox)  # decide the direction (rules.message_direction)
         self.redis = get_redis()
         self.postgresql = _dialect() == "postgresql"
 
@@ -355,6 +356,7 @@ class MailboxSync:
             decision = rules.decide(
                 message_facts(headers, record, folder), mailbox_address=self.mailbox.address,
                 internal_addresses=self.internal, primary_addresses=primaries, deals=deals,
+                own_addresses=self.own,
             )
             if not decision.logged:
                 ignored[decision.ignore_reason] = ignored.get(decision.ignore_reason, 0) + 1
@@ -434,6 +436,12 @@ class MailboxSync:
             db.session.add(EmailSource(email=email, mailbox_id=self.mailbox.id, folder=folder.name,
                                        uidvalidity=cp.uidvalidity, uid=item.record.uid))
         have = {a.customer_id for a in email.activities}  # in memory for an email new in this batch
+        if item.decision.matches and item.decision.matches[0].direction == "out":
+            # Seen first in another folder (INBOX) and now in this mailbox's Sent folder: the
+            # mailbox sent it, so it is "out" on every customer this mailbox logged it on.
+            for activity in email.activities:
+                if activity.mailbox_id == self.mailbox.id and activity.direction != "out":
+                    activity.direction = "out"
         for match in item.decision.matches:
             if match.customer_id in have:
                 continue
@@ -546,6 +554,13 @@ def message_facts(headers: parse.ParsedHeaders, record: HeaderRecord, folder: Fo
 
 
 # -- for the support page "why was / wasn't this email logged?" (portal/diagnose.py) ------------
+def owner_addresses(mailbox: Mailbox) -> frozenset[str]:
+    """The addresses of every mailbox of this mailbox's owner, whatever its state (itself
+    included): an email from any of them is "out" (rules.message_direction)."""
+    return frozenset(db.session.scalars(
+        select(Mailbox.address).where(Mailbox.user_id == mailbox.user_id)).all()) | {mailbox.address}
+
+
 def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list[rules.DealMembership]]:
     """Primary address history entries and deal memberships for these addresses: what the
     rules compare a message with (the sync and the support page's why-check both use it)."""

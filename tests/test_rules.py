@@ -13,10 +13,12 @@ from portal.mail.rules import (
     Verdict,
     addresses_of,
     decide,
+    message_direction,
 )
 
 MAILBOX = "rep@agency.cz"
 COLLEAGUE = "colleague@agency.cz"  # another mailbox connected to the CRM
+MY_OTHER_MAILBOX = "rep.private@agency.cz"  # another mailbox of the same owner
 WHEN = datetime(2025, 3, 10, 12, 0)
 
 ALICE = PrimaryAddress(customer_id=1, address="alice@client.cz", since=None, until=None)
@@ -48,14 +50,23 @@ def facts(from_=(), to=(), cc=(), *, when=WHEN, flags=(), folder=None) -> Messag
 
 
 def run(
-    msg: MessageFacts, primary=(ALICE, BOB), deals=(), internal=(MAILBOX, COLLEAGUE)
+    msg: MessageFacts, primary=(ALICE, BOB), deals=(), internal=(MAILBOX, COLLEAGUE), own=None
 ) -> Decision:
+    if own is None:  # the caller that knows no other mailbox of the owner
+        return decide(
+            msg,
+            mailbox_address=MAILBOX,
+            internal_addresses=frozenset(internal),
+            primary_addresses=primary,
+            deals=deals,
+        )
     return decide(
         msg,
         mailbox_address=MAILBOX,
         internal_addresses=frozenset(internal),
         primary_addresses=primary,
         deals=deals,
+        own_addresses=frozenset(own),
     )
 
 
@@ -143,10 +154,10 @@ def test_every_matched_customer_gets_the_email():
         primary=[ALICE, BOB, carol],
     )
     assert decision.logged
-    assert decision.matches == (
+    assert decision.matches == (  # Bob wrote to the rep: incoming for everyone on it
         Match(2, "from", "bob@client.cz", "in", None),
-        Match(1, "to", "alice@client.cz", "out", None),
-        Match(3, "cc", "carol@client.cz", "out", None),
+        Match(1, "to", "alice@client.cz", "in", None),
+        Match(3, "cc", "carol@client.cz", "in", None),
     )
     assert decision.verdicts[3] == Verdict(
         "customer",
@@ -211,6 +222,71 @@ def test_field_is_the_first_of_from_to_cc_holding_the_address():
     assert decision.matches == (Match(1, "from", "alice@client.cz", "in", None),)
 
 
+# --- Direction: the email's, seen from the synced mailbox, the same for every customer ----------
+
+
+def test_customer_in_copy_of_a_customers_email_to_the_rep_sees_it_as_incoming():
+    # The issue: Alice writes to the rep, Bob (an additional customer of the deal) in Cc.
+    deals = [DealMembership(10, 1, "primary"), DealMembership(10, 2, "additional")]
+    decision = run(facts(from_=["alice@client.cz"], to=[MAILBOX], cc=["bob@client.cz"]), deals=deals)
+    assert decision.matches == (
+        Match(1, "from", "alice@client.cz", "in", None),
+        Match(2, "cc", "bob@client.cz", "in", 10),
+    )
+
+
+def test_customer_in_copy_of_someone_elses_email_to_the_rep_sees_it_as_incoming():
+    decision = run(facts(from_=["someone@else.cz"], to=[MAILBOX], cc=["alice@client.cz"]))
+    assert decision.matches == (Match(1, "cc", "alice@client.cz", "in", None),)
+
+
+def test_email_from_the_mailbox_is_outgoing_for_every_customer():
+    decision = run(facts(from_=["Rep@Agency.CZ"], to=["alice@client.cz"], cc=["bob@client.cz"]))
+    assert decision.matches == (
+        Match(1, "to", "alice@client.cz", "out", None),
+        Match(2, "cc", "bob@client.cz", "out", None),
+    )
+
+
+def test_email_in_the_sent_folder_is_outgoing_even_without_the_mailbox_in_from():
+    # Sent from an alias that is not a connected mailbox: the Sent folder says who sent it.
+    for folder in ("\\Sent", "\\sent"):
+        decision = run(
+            facts(from_=["rep.alias@agency.cz"], to=["alice@client.cz"], cc=["bob@client.cz"], folder=folder)
+        )
+        assert [m.direction for m in decision.matches] == ["out", "out"], folder
+    # The same email in INBOX is incoming.
+    decision = run(facts(from_=["rep.alias@agency.cz"], to=["alice@client.cz"], cc=["bob@client.cz"]))
+    assert [m.direction for m in decision.matches] == ["in", "in"]
+
+
+def test_email_from_another_mailbox_of_the_same_owner_is_outgoing():
+    # Whether such an email is logged is the internal rule's business (every connected
+    # mailbox is passed as internal by the sync); the direction is the owner's either way.
+    msg = facts(from_=["Rep.Private@agency.cz"], to=[MAILBOX], cc=["alice@client.cz"])
+    decision = run(msg, own=(MAILBOX, MY_OTHER_MAILBOX))
+    assert decision.matches == (Match(1, "cc", "alice@client.cz", "out", None),)
+    assert run(msg).matches == (Match(1, "cc", "alice@client.cz", "in", None),)  # owner unknown
+    blocked = run(msg, own=(MAILBOX, MY_OTHER_MAILBOX), internal=(MAILBOX, COLLEAGUE, MY_OTHER_MAILBOX))
+    assert blocked.ignore_reason == "internal"
+
+
+def test_a_colleagues_address_in_from_is_not_the_owners():
+    msg = facts(from_=[COLLEAGUE], to=[MAILBOX])
+    assert message_direction(msg, {MAILBOX, MY_OTHER_MAILBOX}) == "in"
+    assert message_direction(facts(from_=[MY_OTHER_MAILBOX]), {MAILBOX, MY_OTHER_MAILBOX}) == "out"
+
+
+def test_direction_does_not_change_the_verdicts():
+    msg = facts(from_=["alice@client.cz"], to=[MAILBOX], cc=["bob@client.cz"])
+    sent = facts(from_=["alice@client.cz"], to=[MAILBOX], cc=["bob@client.cz"], folder="\\Sent")
+    assert run(msg).verdicts[1:] == run(sent).verdicts[1:]
+    assert run(msg).verdicts[3].explanation == (
+        "Matched customer #1 by primary address alice@client.cz (From), "
+        "customer #2 by primary address bob@client.cz (Cc)."
+    )
+
+
 # --- DESIGN rule 5 / FAQ: primary address history --------------------------------------------
 
 CHANGED = datetime(2025, 3, 1, 9, 30)
@@ -243,10 +319,12 @@ def test_new_primary_address_matches_only_from_the_moment_it_became_primary():
 
 def test_old_primary_address_stops_matching_after_change():
     before = run(
-        facts(to=["alice@old.cz"], when=datetime(2025, 3, 1, 9, 29)),
+        facts(from_=[MAILBOX], to=["alice@old.cz"], when=datetime(2025, 3, 1, 9, 29)),
         primary=[OLD_ADDRESS, NEW_ADDRESS],
     )
-    after = run(facts(to=["alice@old.cz"], when=CHANGED), primary=[OLD_ADDRESS, NEW_ADDRESS])
+    after = run(
+        facts(from_=[MAILBOX], to=["alice@old.cz"], when=CHANGED), primary=[OLD_ADDRESS, NEW_ADDRESS]
+    )
     assert before.matches == (Match(1, "to", "alice@old.cz", "out", None),)
     assert after.logged is False
     assert after.ignore_reason == "no_customer"

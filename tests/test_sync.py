@@ -70,7 +70,66 @@ def test_additional_customer_in_copy_is_logged_with_the_deal(mail, team):
 
     rows = {(a.customer.external_id, a.deal.external_id if a.deal else None, a.direction, a.matched_field)
             for a in db.session.query(Activity).join(Customer)}
-    assert rows == {("C-NOVAK", None, "in", "from"), ("C-NOVAKOVA", "D-FLAT", "out", "cc")}
+    # Jiří wrote to the rep: incoming on Jana's Activities too, though she is only in copy.
+    assert rows == {("C-NOVAK", None, "in", "from"), ("C-NOVAKOVA", "D-FLAT", "in", "cc")}
+
+
+def _directions(world, user, *customers) -> dict[tuple[str, str], str]:
+    """(customer, subject) -> direction, in the database and in the API (they must agree)."""
+    from portal.models import Activity, Customer
+
+    stored = {(a.customer.external_id, a.email.subject): a.direction
+              for a in db.session.query(Activity).join(Customer) if a.customer.external_id in customers}
+    api = world.api(user)
+    answered = {}
+    for customer in customers:
+        r = api.get(f"/customers/{customer}/activities")
+        assert r.status_code == 200, r.json
+        answered.update({(customer, a["subject"]): a["direction"] for a in r.json["activities"]})
+    assert answered == stored
+    return stored
+
+
+def test_direction_is_the_emails_the_same_for_every_customer_on_it(mail, team, world):
+    rep, box, _ = team
+    me = box.address
+    mail.put(me, from_="Jiří Novák <jiri.novak@client.test>", to=me, cc="jana.novakova@client.test",
+             subject="Dotaz k bytu")
+    mail.put(me, "Sent", from_=me, to="jiri.novak@client.test", cc="jana.novakova@client.test",
+             subject="Re: Dotaz k bytu")
+    mail.put(me, from_="stranger@elsewhere.test", to=me, cc="dvorak@client.test", subject="Doporučení")
+    run = mail.sync(box)
+    assert run.status == "succeeded", run.error_detail
+    assert _directions(world, rep, "C-NOVAK", "C-NOVAKOVA", "C-DVORAK") == {
+        ("C-NOVAK", "Dotaz k bytu"): "in",
+        ("C-NOVAKOVA", "Dotaz k bytu"): "in",
+        ("C-NOVAK", "Re: Dotaz k bytu"): "out",
+        ("C-NOVAKOVA", "Re: Dotaz k bytu"): "out",
+        ("C-DVORAK", "Doporučení"): "in",
+    }
+
+
+def test_sent_folder_makes_it_outgoing_even_from_an_alias(mail, team, world):
+    rep, box, _ = team
+    me = box.address
+    # From an alias that is no mailbox, filed in Sent: the mailbox sent it.
+    mail.put(me, "Sent", from_="prodej@agency.test", to="jiri.novak@client.test",
+             cc="jana.novakova@client.test", subject="Z aliasu")
+    # The same message in INBOX (a copy to the alias) and in Sent: "out" whichever comes first.
+    copy = dict(from_="prodej@agency.test", to="dvorak@client.test", cc="prodej@agency.test",
+                subject="Kopie sobě", message_id="<copy-1@agency.test>")
+    mail.put(me, **copy)
+    mail.sync(box)
+    assert _directions(world, rep, "C-DVORAK") == {("C-DVORAK", "Kopie sobě"): "in"}
+    mail.put(me, "Sent", **copy)
+    run = mail.sync(box)
+    assert run.status == "succeeded", run.error_detail
+    assert mail.email_count() == 2
+    assert _directions(world, rep, "C-NOVAK", "C-NOVAKOVA", "C-DVORAK") == {
+        ("C-NOVAK", "Z aliasu"): "out",
+        ("C-NOVAKOVA", "Z aliasu"): "out",
+        ("C-DVORAK", "Kopie sobě"): "out",
+    }
 
 
 def test_email_with_a_disconnected_colleague_is_still_internal(mail, team, world):

@@ -113,16 +113,16 @@ class Backfill:
             matches = [(c, "to", "out", None)]
         elif variant == 2:  # someone else writes, the customer in copy
             raw = _raw(from_=stranger, to=[me], cc=[_customer_address(c)], **common)
-            matches = [(c, "cc", "out", None)]
+            matches = [(c, "cc", "in", None)]
         elif variant == 3:  # a deal's primary customer writes, its additional customer in copy
             d = j % DEALS
             raw = _raw(from_=_customer_address(d), to=[me], cc=[_customer_address(d + 25)],
                        **common)
-            matches = [(d, "from", "in", None), (d + 25, "cc", "out", d)]
+            matches = [(d, "from", "in", None), (d + 25, "cc", "in", d)]
         else:  # two customers of no common deal: one writes, the other is in To
             other = (c + 1) % CUSTOMERS
             raw = _raw(from_=_customer_address(c), to=[me, _customer_address(other)], **common)
-            matches = [(c, "from", "in", None), (other, "to", "out", None)]
+            matches = [(c, "from", "in", None), (other, "to", "in", None)]
         return ("INBOX", i + 1, raw, flags, when, matches if logged else [])
 
     def _sent(self, k: int) -> tuple:
@@ -146,7 +146,7 @@ class Backfill:
 
     def expected(self) -> dict:
         """The canonical result the rules call for, worked out without the product."""
-        activities, sources, keys = set(), set(), set()
+        activities, sources, keys, logged = set(), set(), set(), []
         for folder, messages in self.messages.items():
             for _folder, uid, raw, _flags, _when, matches in messages:
                 if not matches:
@@ -154,9 +154,14 @@ class Backfill:
                 key = dedupe_key(parse_headers(raw), raw)
                 keys.add(key)
                 sources.add((key, folder, uid))
-                for c, field, direction, deal in matches:
-                    activities.add((key, f"C-{c:02d}", field, direction,
-                                    None if deal is None else f"D-{deal:02d}"))
+                logged.append((key, matches))
+        # Direction is the email's: an INBOX message with a copy in Sent was sent by the
+        # mailbox, so it is "out" for every customer on it.
+        sent = {key for key, folder, _ in sources if folder == "Sent"}
+        for key, matches in logged:
+            for c, field, direction, deal in matches:
+                activities.add((key, f"C-{c:02d}", field, "out" if key in sent else direction,
+                                None if deal is None else f"D-{deal:02d}"))
         return {"activities": sorted(activities), "sources": sorted(sources), "emails": len(keys)}
 
     def in_window(self) -> int:

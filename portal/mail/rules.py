@@ -1,10 +1,16 @@
 """Which emails are logged on which customers: the rules of DESIGN.md, as plain functions.
 
 No I/O: the caller gathers the facts (headers, IMAP flags and folder, the addresses of
-every mailbox ever connected, the customers' primary address history, deal
-memberships) and gets back a ``Decision``. The same function runs in the sync and on
-the support page "why was / wasn't this email logged?", so every rule's verdict is
-computed and explained even when an earlier rule already decided.
+every mailbox ever connected, the addresses of the synced mailbox's owner, the customers'
+primary address history, deal memberships) and gets back a ``Decision``. The same
+function runs in the sync and on the support page "why was / wasn't this email logged?",
+so every rule's verdict is computed and explained even when an earlier rule already
+decided.
+
+Direction belongs to the email, seen from the synced mailbox, not to each customer: "out"
+when the mailbox's owner sent it (one of their mailbox addresses is in From, or it sits
+in the mailbox's Sent folder), else "in"; every customer it is logged on gets the same.
+A customer in copy of a customer's email to the rep sees it as incoming too.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ _FIELDS = ("from", "to", "cc")
 # IMAP special-use folders (RFC 6154) whose messages are never logged, and why.
 _IGNORED_FOLDERS = {"\\drafts": "drafts_folder", "\\junk": "junk", "\\trash": "trash"}
 _FOLDER_WORDS = {"drafts_folder": "Drafts", "junk": "Junk", "trash": "Trash"}
+_SENT = "\\sent"  # special use of the folder holding what the mailbox sent
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Match:
     customer_id: int
     field: str  # "from" | "to" | "cc": the first of these holding the customer's address
     address: str
-    direction: str  # "in" when the customer wrote it (their address in From), else "out"
+    direction: str  # the email's, the same in every Match of a Decision: see message_direction
     deal_id: int | None  # set for an additional customer of a deal another matched customer is on
 
 
@@ -83,6 +90,18 @@ def addresses_of(msg: MessageFacts) -> set[str]:
     return {address for _, address in _addresses_by_field(msg)}
 
 
+def message_direction(msg: MessageFacts, own_addresses: Iterable[str]) -> str:
+    """The email's direction, seen from the synced mailbox: "out" when its owner sent it (one
+    of ``own_addresses`` is in From, or the email is in the mailbox's Sent folder, special
+    use \\Sent), else "in". The same for every customer the email is logged on."""
+    if (msg.folder_special_use or "").lower() == _SENT:
+        return "out"
+    own = _lowered(frozenset(own_addresses))
+    if any(address.strip().lower() in own for address in msg.from_):
+        return "out"
+    return "in"
+
+
 def decide(
     msg: MessageFacts,
     *,
@@ -90,6 +109,7 @@ def decide(
     internal_addresses: frozenset[str],
     primary_addresses: Iterable[PrimaryAddress],
     deals: Iterable[DealMembership] = (),
+    own_addresses: Iterable[str] = (),
 ) -> Decision:
     """Apply the rules to one message: folder, draft flag, internal, customer, in that order.
 
@@ -98,11 +118,15 @@ def decide(
     ``primary_addresses``: primary address history entries; entries for addresses not
     in the message are ignored. Additional contact addresses must not be passed: they
     never match.
+    ``own_addresses``: the addresses of the other mailboxes of the synced mailbox's owner
+    (any state); ``mailbox_address`` always counts. They decide only the direction, which
+    every Match gets (``message_direction``); the internal rule is not changed by them.
     """
+    direction = message_direction(msg, frozenset({mailbox_address, *own_addresses}))
     folder_reason, folder_verdict = _folder_rule(msg)
     draft_reason, draft_verdict = _draft_rule(msg)
     internal_reason, internal_verdict = _internal_rule(msg, mailbox_address, internal_addresses)
-    matches, customer_verdict = _customer_rule(msg, list(primary_addresses), list(deals))
+    matches, customer_verdict = _customer_rule(msg, list(primary_addresses), list(deals), direction)
     customer_reason = None if matches else "no_customer"
 
     reasons = (folder_reason, draft_reason, internal_reason, customer_reason)
@@ -178,9 +202,10 @@ def _internal_rule(
 
 
 def _customer_rule(
-    msg: MessageFacts, history: list[PrimaryAddress], deals: list[DealMembership]
+    msg: MessageFacts, history: list[PrimaryAddress], deals: list[DealMembership], direction: str
 ) -> tuple[tuple[Match, ...], Verdict]:
-    """One Match per customer whose primary address (at the message's time) is in the message.
+    """One Match per customer whose primary address (at the message's time) is in the message,
+    each with the email's ``direction``.
 
     Matches are ordered as the addresses appear (From, then To, then Cc).
     """
@@ -209,7 +234,7 @@ def _customer_rule(
             customer_id=customer_id,
             field=field,
             address=address,
-            direction="in" if field == "from" else "out",
+            direction=direction,
             deal_id=deal_of.get(customer_id),
         )
         for customer_id, (_, field, address) in ordered
