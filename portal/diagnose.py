@@ -26,7 +26,7 @@ from portal.mail import parse, rules
 from portal.mail.errors import Classified, classify_exception, plain_words
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
 from portal.mailboxes import internal_addresses, open_session
-from portal.models import Activity, Customer, CustomerContactEmail, Email, EmailSource, Mailbox
+from portal.models import Activity, Customer, CustomerContactEmail, Deal, Email, EmailSource, Mailbox
 
 RECENT_PER_FOLDER = 200  # newest messages looked at in each folder
 MAX_FOLDERS = 40  # a server with hundreds of folders costs at most this many SELECTs
@@ -237,6 +237,10 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
     customers = {c.id: c for c in db.session.execute(
         select(Customer.id, Customer.external_id, Customer.name).where(Customer.id.in_(sorted(customer_ids)))
     ).all()} if customer_ids else {}
+    deal_ids = {d.deal_id for d in deals}
+    names = {"customer": {cid: c.external_id for cid, c in customers.items()},
+             "deal": dict(db.session.execute(select(Deal.id, Deal.external_id).where(Deal.id.in_(sorted(deal_ids))))
+                          .all()) if deal_ids else {}}
     stored = _stored(mailbox, found)
     checkpoints = {cp.name: cp for cp in mailbox.checkpoints}
 
@@ -245,7 +249,7 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
         headers, record = item.headers, item.record
         facts = sync.message_facts(headers, record, item.folder)
         decision = rules.decide(facts, mailbox_address=mailbox.address, internal_addresses=internal,
-                                primary_addresses=primaries, deals=deals, own_addresses=own)
+                                primary_addresses=primaries, deals=deals, own_addresses=own, names=names)
         window = _window_verdict(mailbox, record)
         mine = headers.all_addresses()
         by_field = _fields_of(headers)

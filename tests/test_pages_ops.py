@@ -34,6 +34,13 @@ ROUTE_ROLE_TABLE = [
     ("GET", "/it/audit", None, {"rep": 403, "support": 403, "it": 200, "admin": 200}),
     ("GET", "/admin/users", None, {"rep": 403, "support": 403, "it": 403, "admin": 200}),
     ("POST", "/admin/users/0", {"role": "rep"}, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
+    ("GET", "/admin/users/0", None, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
+    ("GET", "/admin/users/new", None, {"rep": 403, "support": 403, "it": 403, "admin": 200}),
+    ("POST", "/admin/users/new", {"email": "not an address"}, {"rep": 403, "support": 403, "it": 403, "admin": 400}),
+    ("POST", "/admin/users/0/invite", {}, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
+    ("GET", "/admin/users/0/disable", None, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
+    ("POST", "/admin/users/0/disable", {}, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
+    ("POST", "/admin/users/0/enable", {}, {"rep": 403, "support": 403, "it": 403, "admin": 404}),
     ("GET", "/admin/mailboxes", None, {"rep": 403, "support": 403, "it": 403, "admin": 200}),
     ("GET", "/admin/resync", None, {"rep": 403, "support": 403, "it": 403, "admin": 400}),
     ("GET", "/admin/resync?scope=problematic", None, {"rep": 403, "support": 403, "it": 403, "admin": 200}),
@@ -283,7 +290,7 @@ def test_why_a_logged_email_passes_every_rule_and_names_its_customers(mail, team
     _, client = signed_in(world, "support")
     page = text(client.get(f"/support/mailboxes/{box.id}/why?q=nabídka", headers={"HX-Request": "true"}))
     assert page.lstrip().startswith('<div id="why-result"') and "Jiří Novák" in page
-    assert "Matched customer #" in page and "stored once as email #" in page
+    assert "Matched customer C-NOVAK by primary address" in page and "stored once as email #" in page
 
 
 def test_why_an_email_with_a_colleagues_address_fails_the_internal_rule_naming_it(mail, team):

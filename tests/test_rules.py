@@ -167,6 +167,18 @@ def test_every_matched_customer_gets_the_email():
     )
 
 
+def test_the_explanations_name_customers_and_deals_by_the_crms_own_ids():
+    deals = [DealMembership(deal_id=10, customer_id=1, role="primary"),
+             DealMembership(deal_id=10, customer_id=2, role="additional")]
+    decision = decide(facts(from_=[MAILBOX], to=["alice@client.cz"], cc=["bob@client.cz"]),
+                      mailbox_address=MAILBOX, internal_addresses=frozenset({MAILBOX}),
+                      primary_addresses=(ALICE, BOB), deals=deals,
+                      names={"customer": {1: "C-1001", 2: "C-1002"}, "deal": {10: "D-501"}})
+    assert decision.verdicts[3].explanation == (
+        "Matched customer C-1001 by primary address alice@client.cz (To), customer C-1002 by primary "
+        "address bob@client.cz (Cc), additional customer on deal D-501.")
+
+
 def test_email_to_additional_customer_in_copy_is_logged_on_both():
     deals = [
         DealMembership(deal_id=10, customer_id=1, role="primary"),

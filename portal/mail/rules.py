@@ -15,7 +15,7 @@ A customer in copy of a customer's email to the rep sees it as incoming too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -110,6 +110,7 @@ def decide(
     primary_addresses: Iterable[PrimaryAddress],
     deals: Iterable[DealMembership] = (),
     own_addresses: Iterable[str] = (),
+    names: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Decision:
     """Apply the rules to one message: folder, draft flag, internal, customer, in that order.
 
@@ -121,12 +122,14 @@ def decide(
     ``own_addresses``: the addresses of the other mailboxes of the synced mailbox's owner
     (any state); ``mailbox_address`` always counts. They decide only the direction, which
     every Match gets (``message_direction``); the internal rule is not changed by them.
+    ``names``: how the explanations name customers and deals, ``{"customer": {id: "C-1001"},
+    "deal": {id: "D-501"}}`` (the CRM's external ids); else by their ids.
     """
     direction = message_direction(msg, frozenset({mailbox_address, *own_addresses}))
     folder_reason, folder_verdict = _folder_rule(msg)
     draft_reason, draft_verdict = _draft_rule(msg)
     internal_reason, internal_verdict = _internal_rule(msg, mailbox_address, internal_addresses)
-    matches, customer_verdict = _customer_rule(msg, list(primary_addresses), list(deals), direction)
+    matches, customer_verdict = _customer_rule(msg, list(primary_addresses), list(deals), direction, names or {})
     customer_reason = None if matches else "no_customer"
 
     reasons = (folder_reason, draft_reason, internal_reason, customer_reason)
@@ -201,8 +204,15 @@ def _internal_rule(
     )
 
 
+def _named(kind: str, key: int, names: Mapping[str, Mapping[int, str]]) -> str:
+    """'customer C-1001' (its external id) where the caller knows it, else 'customer #1'."""
+    name = names.get(kind, {}).get(key)
+    return f"{kind} {name}" if name else f"{kind} #{key}"
+
+
 def _customer_rule(
-    msg: MessageFacts, history: list[PrimaryAddress], deals: list[DealMembership], direction: str
+    msg: MessageFacts, history: list[PrimaryAddress], deals: list[DealMembership], direction: str,
+    names: Mapping[str, Mapping[int, str]],
 ) -> tuple[tuple[Match, ...], Verdict]:
     """One Match per customer whose primary address (at the message's time) is in the message,
     each with the email's ``direction``.
@@ -241,7 +251,7 @@ def _customer_rule(
     )
 
     notes = [
-        f"{entry.address} was customer #{entry.customer_id}'s primary address only "
+        f"{entry.address} was {_named('customer', entry.customer_id, names)}'s primary address only "
         f"{_window(entry)}, not at the email's time {_fmt(msg.when)}."
         for entry in out_of_window
         if entry.customer_id not in matched
@@ -249,8 +259,8 @@ def _customer_rule(
     if matches:
         found = ", ".join(
             [
-                f"customer #{m.customer_id} by primary address {m.address} ({m.field.capitalize()})"
-                + (f", additional customer on deal #{m.deal_id}" if m.deal_id is not None else "")
+                f"{_named('customer', m.customer_id, names)} by primary address {m.address} ({m.field.capitalize()})"
+                + (f", additional customer on {_named('deal', m.deal_id, names)}" if m.deal_id is not None else "")
                 for m in matches
             ]
         )

@@ -60,7 +60,9 @@ class Activity(db.Model):
     email_id: Mapped[int] = mapped_column(ForeignKey("emails.id", ondelete="CASCADE"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
     mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))  # first mailbox it came from
-    direction: Mapped[str] = mapped_column(String(3))  # in: from the customer; out: to them
+    # The email's, seen from the synced mailbox (out: the mailbox or its owner sent it, or it is in
+    # Sent), the same for every customer it is logged on (portal.mail.rules.message_direction).
+    direction: Mapped[str] = mapped_column(String(3))
     matched_field: Mapped[str] = mapped_column(String(4))  # from | to | cc
     matched_address: Mapped[str] = mapped_column(String(320))
     deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id"))  # additional customer in copy

@@ -90,7 +90,9 @@ SCHEMAS = {
             "to": {"type": "array", "items": {"type": "string"}},
             "cc": {"type": "array", "items": {"type": "string"}},
             "date": NULLABLE_TIME,
-            "direction": {"enum": ["in", "out"], "description": "in: from the customer; out: to the customer"},
+            "direction": {"enum": ["in", "out"], "description": "The email's, seen from the synced mailbox, the same for every customer it "
+                          "is logged on: out when that mailbox (or another of its owner's) is in From "
+                          "or the email is in its Sent folder, else in"},
             "mailbox_id": {"type": ["integer", "null"]},
             "matched_field": {"enum": ["from", "to", "cc"]},
             "deal_external_id": {"type": ["string", "null"],
