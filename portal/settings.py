@@ -13,6 +13,9 @@ REMEMBER_COOKIE_SAMESITE = "Lax"
 WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
 SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 EIS_PASSWORD_HASH_METHOD = "scrypt"  # tests use a cheap one
+EIS_INVITE_DAYS = 7  # how long an invitation (choose-your-password) link works
+EIS_BASE_URL = None  # e.g. https://crm-mail.example.com: links the portal hands out; None: the request's host
+EIS_TIME_ZONE = "UTC"  # the organisation's time zone (IANA name); each user may choose their own
 MAX_CONTENT_LENGTH = 30 * 1024 * 1024
 
 # Sync defaults; admins may override them at run time (Setting rows).

@@ -70,6 +70,8 @@ def test_unknown_page_is_a_friendly_404(client):
 # (method, path, json body or None, {role: status}); `{theirs}` is another rep's mailbox.
 ROUTE_ROLE_TABLE = [
     ("GET", "/", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+    ("GET", "/settings", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
+    ("POST", "/settings", {"time_zone": "Mars/Olympus"}, {"rep": 400, "support": 400, "it": 400, "admin": 400}),
     ("PUT", "/api/v1/customers/C-9", {"name": "X"}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
     ("GET", "/api/v1/customers/C-1", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
     ("PUT", "/api/v1/deals/D-9", {"name": "D", "customers": []}, {"rep": 403, "support": 403, "it": 201, "admin": 201}),
@@ -151,12 +153,16 @@ def test_api_without_token_is_401(client):
             assert _open(client, method, path.format(theirs=1), body).status_code == 401, (method, path)
 
 
+# Pages anyone may open, signed in or not (the invitation's own link is its key).
+PUBLIC_PAGES = ("static", "auth.login", "auth.logout", "auth.invitation")
+
+
 def test_every_route_is_in_a_role_table(app):
     import re
 
     covered = [(method, path.format(theirs=1)) for method, path, *_ in all_route_role_rows()]
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in ("static", "auth.login", "auth.logout"):
+        if rule.endpoint in PUBLIC_PAGES:
             continue
         pattern = re.compile("^" + re.sub(r"<(?:[a-z]+:)?[a-z_]+>", "[^/]+", rule.rule) + "$")
         for method in rule.methods - {"HEAD", "OPTIONS"}:

@@ -25,6 +25,9 @@ class User(UserMixin, db.Model):
     can_see_activities: Mapped[bool] = mapped_column(default=True)
     can_see_emails: Mapped[bool] = mapped_column(default=True)
     is_enabled: Mapped[bool] = mapped_column(default=True)
+    # Part of every session and remember-me cookie (get_id): raising it ends them all.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # None: the organisation's (EIS_TIME_ZONE)
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -40,6 +43,15 @@ class User(UserMixin, db.Model):
     @property
     def is_active(self) -> bool:  # flask-login: disabled users cannot sign in
         return self.is_enabled
+
+    def get_id(self) -> str:
+        """What flask-login keeps in the session and the remember-me cookie: the id and the
+        session generation, so that ending the sessions is one increment (end_sessions)."""
+        return f"{self.id}.{self.session_generation or 0}"
+
+    def end_sessions(self) -> None:
+        """Every session and remember-me cookie of this user stops working (the caller commits)."""
+        self.session_generation = (self.session_generation or 0) + 1
 
     def __repr__(self) -> str:
         return f"<User {self.email} {self.role}>"

@@ -24,14 +24,36 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = "strong"
 
     @login_manager.user_loader
-    def load_user(user_id: str):
+    def load_user(session_id: str):
+        """The session's user, while enabled and while the session's generation is theirs."""
         from portal.extensions import db
         from portal.models import User
 
-        return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+        user_id, _, generation = session_id.partition(".")
+        if not (user_id.isdigit() and generation.isdigit()) or int(user_id) > 2**31 - 1:
+            return None
+        user = db.session.get(User, int(user_id))
+        if user is None or not user.is_enabled or (user.session_generation or 0) != int(generation):
+            return None
+        return user
 
+    @app.before_request
+    def note_last_seen():
+        """Users.last_seen_at, written at most once a minute per user (the scheduler syncs the
+        mailboxes of people using the portal more often)."""
+        from flask_login import current_user
+
+        if request.endpoint in (None, "static") or request.path.startswith("/api/"):
+            return
+        if current_user.is_authenticated:
+            from portal.web.presence import note_seen
+
+            note_seen(current_user)
+
+    from portal.web import filters
     from portal.web.nav import nav_for
 
+    filters.init_app(app)
     app.jinja_env.globals["nav_for"] = nav_for
 
     @app.errorhandler(HTTPException)

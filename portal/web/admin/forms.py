@@ -1,6 +1,8 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, IntegerField, SelectField
-from wtforms.validators import InputRequired, NumberRange, ValidationError
+from wtforms import BooleanField, EmailField, IntegerField, SelectField, StringField
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, ValidationError
+
+from portal.addresses import normalise_address
 
 from portal.models.users import ROLES
 from portal.runtime_settings import KNOWN
@@ -15,9 +17,21 @@ _WHOLE = "Enter a whole number."
 
 
 class UserForm(FlaskForm):
+    """One user's name, role and permissions: one form, one save."""
+    name = StringField("Name", validators=[Length(max=200)])
     role = SelectField("Role", choices=list(ROLES), validate_choice=True)
-    can_see_activities = BooleanField("May see the Activities tab")
-    can_see_emails = BooleanField("May see emails")
+    can_see_activities = BooleanField("May see customers' Activities tab")
+    can_see_emails = BooleanField("May read the emails themselves")
+
+
+class NewUserForm(UserForm):
+    email = EmailField("Email", validators=[DataRequired("Enter the user's email address."), Length(max=320)])
+
+    def validate_email(self, field):
+        try:
+            field.data = normalise_address(field.data)
+        except ValueError as exc:
+            raise ValidationError(f"{str(exc)[:1].upper()}{str(exc)[1:].rstrip('.')}.") from None
 
 
 class SettingsForm(FlaskForm):

@@ -5,93 +5,21 @@ from sqlalchemy.orm import joinedload
 
 from portal import runtime_settings
 from portal.extensions import db
-from portal.models import Mailbox, User
+from portal.models import Mailbox
 from portal.models.audit import record
 from portal.models.mailboxes import PROVIDERS, STATES
-from portal.models.users import ROLES
 from portal.web.admin import bp
-from portal.web.admin.forms import SettingsForm, UserForm
+from portal.web.admin.forms import SettingsForm
 from portal.web.admin.health import gather
 from portal.web.admin.resync import resync
 from portal.web.roles import roles_required
 from portal.web.support.listing import (
-    REASONS, MailboxFilters, Page, arg, get_or_404, mailbox_page, ops_page, page_number, state_counts,
+    REASONS, MailboxFilters, mailbox_page, ops_page, page_number, state_counts,
     whole_number,
 )
 
-USERS_PER_PAGE = 100
 CONFIRM_SHOWN = 50  # mailboxes listed by name on the confirm step
 MAX_SELECTED = 1000
-
-
-# -- users -------------------------------------------------------------------------------------
-@bp.get("/users")
-@roles_required()
-def users():
-    return _users_page()
-
-
-@bp.post("/users/<int:user_id>")
-@roles_required()
-def update_user(user_id: int):
-    user = get_or_404(User, user_id)
-    form = UserForm()
-    if not form.validate_on_submit():
-        errors = "; ".join(e for field in form.errors.values() for e in field)
-        flash(f"{user.email} was not changed: {errors or 'the form was incomplete'}.", "error")
-        return _users_page(status=400)
-    before = _permissions(user)
-    after = {"role": form.role.data, "can_see_activities": bool(form.can_see_activities.data),
-             "can_see_emails": bool(form.can_see_emails.data)}
-    if before["role"] == "admin" and after["role"] != "admin" and _enabled_admins() <= 1:
-        flash(f"{user.email} is the only administrator: make someone else an admin first.", "error")
-        return _users_page(status=400)
-    if before == after:
-        flash(f"Nothing to change for {user.email}.", "info")
-        return redirect(url_for(".users", **_keep_page()))
-    user.role, user.can_see_activities, user.can_see_emails = after["role"], after["can_see_activities"], \
-        after["can_see_emails"]
-    record("user_changed", current_user, user, email=user.email, before=before, after=after)
-    db.session.commit()
-    changed = ", ".join(f"{k.replace('_', ' ')}: {_yes(before[k])} → {_yes(after[k])}"
-                        for k in after if before[k] != after[k])
-    flash(f"{user.email} changed ({changed}).", "success")
-    return redirect(url_for(".users", **_keep_page()))
-
-
-def _users_page(status: int = 200):
-    counts = select(Mailbox.user_id, func.count(Mailbox.id).label("n")).where(
-        Mailbox.state != "disconnected").group_by(Mailbox.user_id).subquery()
-    q = arg("q").lower()
-    statement = select(User, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.user_id == User.id)
-    count = select(func.count(User.id))
-    if q:
-        match = func.lower(User.email).contains(q, autoescape=True) | func.lower(User.name).contains(q, autoescape=True)
-        statement, count = statement.where(match), count.where(match)
-    total = db.session.scalar(count) or 0
-    page = max(1, min(page_number(), -(-total // USERS_PER_PAGE) or 1))
-    rows = db.session.execute(statement.order_by(User.email).limit(USERS_PER_PAGE)
-                              .offset((page - 1) * USERS_PER_PAGE)).all()
-    return render_template("admin/users.html", page=Page(rows, page, USERS_PER_PAGE, total), roles=ROLES,
-                           q=q), status
-
-
-def _permissions(user: User) -> dict:
-    return {"role": user.role, "can_see_activities": bool(user.can_see_activities),
-            "can_see_emails": bool(user.can_see_emails)}
-
-
-def _enabled_admins() -> int:
-    return db.session.scalar(select(func.count(User.id)).where(User.role == "admin", User.is_enabled)) or 0
-
-
-def _keep_page() -> dict:
-    page = whole_number(request.args.get("page"), 2, 10**6)
-    return {"page": page} if page else {}
-
-
-def _yes(value) -> str:
-    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
 
 # -- resync ------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import User
+from portal.models.audit import record
 from portal.web.auth import bp
-from portal.web.auth.forms import LoginForm
+from portal.web.auth.forms import ChoosePasswordForm, LoginForm
+from portal.web.auth.invite import user_of
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -25,6 +27,26 @@ def login():
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form), (400 if request.method == "POST" else 200)
+
+
+@bp.route("/invite/<token>", methods=["GET", "POST"])
+def invitation(token: str):
+    """Choose a password with an invitation link, then be signed in."""
+    user = user_of(token)
+    if user is None:
+        return render_template("auth/invitation.html", user=None, form=None), 410
+    form = ChoosePasswordForm()
+    if form.validate_on_submit():
+        user.set_password(form.password.data)
+        user.end_sessions()  # a password chosen anew: any other session of the account ends
+        record("password_chosen", user, user, email=user.email)
+        db.session.commit()
+        logout_user()
+        login_user(user)
+        flash("Your password is set. Welcome.", "success")
+        return redirect(url_for("main.index"))
+    status = 422 if request.method == "POST" else 200
+    return render_template("auth/invitation.html", user=user, form=form), status
 
 
 @bp.route("/logout", methods=["POST"])
