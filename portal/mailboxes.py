@@ -30,11 +30,14 @@ class ImapSettings:
 
 
 class LinkError(Exception):
-    """Linking refused; `code` is for the API, the message for a person."""
+    """Linking refused; `code` is for the API, the message for a person (with the server's
+    words in it); `words` the sentence alone, for pages that show the server's words apart."""
 
-    def __init__(self, code: str, message: str, status: int = 422, classified: Classified | None = None):
+    def __init__(self, code: str, message: str, status: int = 422, classified: Classified | None = None,
+                 words: str | None = None):
         super().__init__(message)
         self.code, self.status, self.classified = code, status, classified
+        self.words = words or message
 
 
 def open_session(mailbox: Mailbox) -> ImapSession:
@@ -67,18 +70,18 @@ def try_login(settings: ImapSettings) -> list[str]:
         classified = classify_exception(exc)
         code = {"auth_failed": "authentication_failed", "tls_error": "tls_failed",
                 "server_unreachable": "connection_failed"}.get(classified.reason, classified.reason)
-        raise LinkError(code, _link_message(classified), status=422, classified=classified) from None
+        raise LinkError(code, f"{_link_words(classified)} The server said: {classified.detail}", status=422,
+                        classified=classified, words=_link_words(classified)) from None
 
 
-def _link_message(c: Classified) -> str:
-    lead = {
+def _link_words(c: Classified) -> str:
+    return {
         "authentication_failed": "The mail server refused the login and password.",
         "auth_failed": "The mail server refused the login and password.",
         "tls_error": "A secure (TLS) connection to the mail server failed; check the port and security setting.",
         "server_unreachable": "The mail server could not be reached; check the host name and port.",
         "imap_disabled": "The server refuses IMAP for this account; IT must allow third-party email clients.",
     }.get(c.reason, "The mail server refused the connection.")
-    return f"{lead} The server said: {c.detail}"
 
 
 def link_imap_mailbox(user: User, settings: ImapSettings) -> tuple[Mailbox, bool]:

@@ -2,6 +2,7 @@
 # Install what the tests and the demo need, then the project into .venv.  Safe to re-run.
 #   system: dovecot-imapd dovecot-submissiond redis-server chromium openssl (apt, as root)
 #   python: .venv in the repo root with `pip install -e '.[test]'`
+#   npm:    tests/js (axe-core, which the browser tests inject for WCAG checks)
 # PYTHON=python3.12 scripts/install-deps.sh picks the interpreter for a new .venv.
 set -euo pipefail
 
@@ -28,9 +29,10 @@ have() {
 }
 
 missing=()
-for cmd in dovecot redis-server chromium openssl; do
+for cmd in dovecot redis-server chromium openssl npm; do
     have "$cmd" || missing+=("$cmd")
 done
+have npm || APT_PACKAGES+=(nodejs npm)  # a machine with Node.js from elsewhere keeps its own
 # dovecot-core alone gives the `dovecot` command but no IMAP or submission service
 for helper in /usr/lib/dovecot/imap /usr/lib/dovecot/submission; do
     [[ -x "$helper" ]] || missing+=("$helper")
@@ -47,7 +49,7 @@ if ((${#missing[@]})); then
     step "apt-get install ${APT_PACKAGES[*]}"
     quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
 else
-    step "system packages present (dovecot, redis-server, chromium, openssl)"
+    step "system packages present (dovecot, redis-server, chromium, openssl, npm)"
 fi
 
 VENV="$ROOT/.venv"
@@ -60,5 +62,12 @@ fi
 
 step "pip install -e '.[test]' into .venv"
 quiet "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[test]"
+
+if [[ ! -f "$ROOT/tests/js/node_modules/axe-core/axe.min.js" ]]; then
+    step "npm ci in tests/js (axe-core)"
+    quiet npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund
+else
+    step "tests/js present (axe-core)"
+fi
 
 step "done"

@@ -207,14 +207,29 @@ def worker_process(app):
         worker.stop()
 
 
+AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
+
+
 @pytest.fixture
 def live_server(app):
-    """The test app served over real HTTP in a thread, for Chromium."""
+    """The test app served over real HTTP in a thread, for Chromium. It also serves axe-core
+    (tests/js, from the npm registry) from the app's own origin, so that a page's CSP lets the
+    browser tests inject it into the page state they are in."""
     import threading
 
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    if not AXE.exists():
+        raise RuntimeError("axe-core is missing: run ./scripts/install-deps.sh (npm ci in tests/js)")
+    axe = AXE.read_bytes()
+
+    def with_axe(environ, start_response):
+        if environ.get("PATH_INFO") == "/__tests__/axe.min.js":
+            start_response("200 OK", [("Content-Type", "text/javascript"), ("Content-Length", str(len(axe)))])
+            return [axe]
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, with_axe, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"

@@ -3,6 +3,8 @@ menus and press the buttons by their visible names, read what the page says.
 
 Every page a journey opens is watched: a Content Security Policy violation or a script
 error fails the test (a CSP that silently blocks a form is how Connect Outlook broke).
+`audit()` runs axe-core (WCAG 2.1 A and AA) on the page state the person is in; its
+violations fail the test at the end, each with the state it was found in.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from tests.factories import PASSWORD
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 SYNC_SECONDS = 30  # a first sync through a real worker process, with the page polling it
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 
 class Person:
@@ -22,6 +25,7 @@ class Person:
     def __init__(self, page: Page, base_url: str):
         self.page, self.base_url = page, base_url
         self.problems: list[str] = []
+        self.audited: list[str] = []
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
 
@@ -67,6 +71,20 @@ class Person:
     def shoot(self, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+    def audit(self, state: str = "") -> None:
+        """axe-core on the page as it is now (after an htmx swap too): WCAG 2.1 A and AA."""
+        page = self.page
+        if not page.evaluate("typeof window.axe !== 'undefined'"):
+            page.add_script_tag(url=self.base_url + "/__tests__/axe.min.js")
+        result = page.evaluate("""async (tags) => {
+            const r = await axe.run(document, {runOnly: {type: "tag", values: tags}});
+            return r.violations.map(v => `${v.id} (${v.impact}): ${v.help} -- ` +
+                v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(" | "));
+        }""", WCAG)
+        where = f"{state or page.url}"
+        self.audited.append(where)
+        self.problems.extend(f"axe at {where}: {violation}" for violation in result)
 
     def assert_clean(self) -> None:
         assert self.problems == [], "\n".join(self.problems)

@@ -87,6 +87,7 @@ def test_support_finds_the_problematic_mailbox_and_asks_why_an_email_was_not_log
     expect(rows.nth(1)).to_contain_text(petra_box.address)  # Problematic first
     expect(rows.nth(1)).to_contain_text("Problematic")
     expect(rows.nth(1)).to_contain_text("auth_failed")
+    person.audit("Support: mailboxes")
     person.shoot("support-mailboxes.png")
 
     person.link(petra_box.address).click()
@@ -94,6 +95,7 @@ def test_support_finds_the_problematic_mailbox_and_asks_why_an_email_was_not_log
     problem = page.locator("section.problem")
     expect(problem).to_contain_text("The mail server rejected the password or sign-in.")
     expect(problem).to_contain_text("[AUTHENTICATIONFAILED] Authentication failed.")
+    person.audit("Support: a Problematic mailbox")
 
     # Tomáš asks why Petra's note about Dvořák is not on Dvořák's Activities.
     person.open("Mailboxes")
@@ -109,6 +111,8 @@ def test_support_finds_the_problematic_mailbox_and_asks_why_an_email_was_not_log
     expect(check.locator("[data-rule=internal]")).to_contain_text(petra_box.address)
     expect(check).to_contain_text("Karel Dvořák")
     expect(check).to_contain_text("nothing of this email is stored")
+    check.locator("summary").first.click()
+    person.audit("Support: why an email was not logged")
     person.shoot("support-mailbox.png")
 
 
@@ -138,6 +142,7 @@ def test_it_reviews_the_connected_accounts_and_downloads_them_as_csv(mail, world
     expect(table.get_by_role("row", name=tomas_box.address)).to_contain_text("Problematic")
     expect(table.get_by_role("row", name="lucie@contoso.test").locator(".scope-missing")).to_have_text(["SMTP.Send"])
     expect(table.get_by_role("row", name="lucie.novak@gmail.test")).to_contain_text("4 failed refreshes in a row")
+    person.audit("IT: connected accounts")
     person.shoot("it-accounts.png")
 
     with page.expect_download() as download:
@@ -171,8 +176,10 @@ def test_admin_resyncs_every_problematic_mailbox_once_the_cause_is_fixed(mail, w
     expect(page.get_by_role("heading", name="Resync 2 mailboxes?")).to_be_visible()
     expect(page.get_by_role("table")).to_contain_text(petra_box.address)
     expect(page.get_by_role("table")).to_contain_text(tomas_box.address)
+    person.audit("Admin: resync confirm")
     person.button("Yes, resync 2").click()
     expect(person.flash()).to_contain_text("Resync asked for 2 mailboxes.")
+    person.audit("Admin: mailboxes after a resync")
 
     wait_for(lambda: {db.session.get(Mailbox, b.id).state for b in (petra_box, tomas_box)} == {"active"})
     page.reload()
@@ -194,11 +201,13 @@ def test_everyone_signs_out_and_their_pages_are_closed_to_them(world, person, ro
     for path in pages:
         person.go(path)
         expect(person.page.get_by_role("button", name="Sign out")).to_be_visible()
+        person.audit(f"{role}: {path}")
     person.sign_out()
     expect(person.flash()).to_contain_text("You are signed out.")
     for path in pages:
         person.go(path)
         expect(person.page.get_by_role("heading", name="Sign in")).to_be_visible()
         assert "/login" in person.page.url
+    person.audit("Sign in, signed out")
     person.page.go_back()  # the browser's history shows no signed-in page either
     expect(person.page.get_by_role("heading", name="Sign in")).to_be_visible()

@@ -96,14 +96,17 @@ def test_rep_connects_with_oauth_then_the_first_sync_logs_customer_email(team, p
 
     person.open("My email accounts")
     expect(page.get_by_role("heading", name="No email account connected yet")).to_be_visible()
+    person.audit("My email accounts, nothing connected")
     person.link(label).click()
     team.connect_at_provider(provider, address)
 
     expect(person.flash()).to_contain_text(f"{address} is connected with")
     card = person.card(address)
     expect(card.locator(".state")).to_have_text("Active", timeout=TIMEOUT)  # the worker's first sync
+    person.audit("My email accounts, connected and synced")
     timeline = _customer_activities(team, "Jiří Novák")
     expect(timeline.get_by_role("link", name="Dotaz na byt 3+kk")).to_be_visible()
+    person.audit("a customer's Activities")
     expect(timeline).not_to_contain_text("Sleva")
     box = db.session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
     assert (box.provider, box.user_id) == (provider, team.rep.id)
@@ -118,6 +121,7 @@ def test_rep_withholding_smtp_send_at_consent_is_not_connected_and_told_what_is_
 
     expect(person.flash()).to_contain_text("Not connected")
     expect(person.flash()).to_contain_text("SMTP.Send")
+    person.audit("My email accounts, consent refused")
     expect(page.get_by_role("heading", name="No email account connected yet")).to_be_visible()
     assert db.session.scalars(select(Mailbox).where(Mailbox.address == address)).all() == []
 
@@ -140,6 +144,7 @@ def test_rep_reconnects_after_the_grant_was_revoked_and_nothing_is_logged_twice(
     expect(card).to_contain_text("The permission to read this mailbox was revoked or has expired")
     expect(card).to_contain_text("AADSTS50173")  # the provider's own words
     expect(page.locator("#problem-banner")).to_be_visible()
+    person.audit("My email accounts, Problematic")
     person.shoot("rep-mailboxes.png")
 
     person.link("Reconnect", card).click()
@@ -147,6 +152,7 @@ def test_rep_reconnects_after_the_grant_was_revoked_and_nothing_is_logged_twice(
     expect(person.flash()).to_contain_text(f"{address} is reconnected")
     expect(person.card(address).locator(".state")).to_have_text("Active", timeout=TIMEOUT)
     expect(person.card(address).locator(".mailbox-now")).to_have_count(0, timeout=TIMEOUT)
+    person.audit("My email accounts, reconnected")
 
     timeline = _customer_activities(team, "Karel Dvořák")
     expect(timeline.locator(".activity")).to_have_count(2)
@@ -160,6 +166,7 @@ def test_rep_connects_an_imap_account_after_a_wrong_password(team):
     person, page = team.person, team.page
     person.open("My email accounts")
     person.link("Any other mail server (IMAP)").click()
+    person.audit("Connect an email account (IMAP)")
     page.get_by_label("Email address").fill(address)
     page.get_by_label("Password").fill("a-wrong-one")
     page.get_by_label("IMAP server").fill("127.0.0.1")
@@ -172,6 +179,7 @@ def test_rep_connects_an_imap_account_after_a_wrong_password(team):
     expect(error).to_contain_text("The mail server refused the login and password.")
     assert db.session.scalars(select(Mailbox).where(Mailbox.address == address)).all() == []
     expect(page.get_by_label("Email address")).to_have_value(address)  # what was typed stays
+    person.audit("Connect an email account, refused")
 
     page.get_by_label("Password").fill("the-right-one")
     person.button("Connect").click()
@@ -218,6 +226,7 @@ def test_rep_presses_sync_now_and_watches_it_progress(team):
 
     person.button("Sync now", card).click()
     expect(card).to_contain_text(f"Sync of {address} queued.")
+    person.audit("My email accounts, sync queued")
     expect(card.locator(".mailbox-now")).to_have_count(0, timeout=TIMEOUT)
     seen = page.evaluate("window.__seen")
     assert any(re.fullmatch(r"Syncing new mail in INBOX: \d+ of 8001", text) for text in seen), seen
@@ -263,6 +272,7 @@ def test_rep_sends_an_email_from_a_customers_page_and_sees_it_sent(team):
     sent = page.get_by_role("region", name="Send email").get_by_role("status")
     expect(sent).to_contain_text("is logged on the customer’s Activities")
     expect(sent.locator(".outgoing-state .state")).to_have_text("Sent", timeout=TIMEOUT)
+    person.audit("a customer's Activities, email sent")
     expect(timeline.get_by_role("link", name="Rezervační smlouva")).to_be_visible()
     mail_from, recipients, raw = ow.sink.wait_for(1)[0]
     assert (mail_from, recipients) == (address, ["karel.dvorak@klient.test"])
@@ -276,5 +286,6 @@ def test_rep_sends_an_email_from_a_customers_page_and_sees_it_sent(team):
 
     timeline.get_by_role("link", name="Re: Dotaz na byt 3+kk v Dejvicích – nabídka").click()
     expect(page.frame_locator("iframe.email-frame").locator("body")).to_contain_text("12 490 000 Kč")
+    person.audit("an email")
     expect(page.get_by_role("link", name=re.compile("Půdorys 3\\+kk.pdf"))).to_be_visible()
     person.shoot("email.png")

@@ -638,7 +638,9 @@ def test_attachments_are_found_in_the_order_parse_listed_them():
 
 
 def test_times_read_as_people_say_them():
-    from portal.web.mailboxes.present import exact_utc, relative_time
+    from zoneinfo import ZoneInfo
+
+    from portal.web.filters import UTC, exact_time, relative_time
 
     now = utcnow().replace(microsecond=0)
     assert relative_time(now - timedelta(seconds=10), now) == "just now"
@@ -647,5 +649,10 @@ def test_times_read_as_people_say_them():
     assert relative_time(now - timedelta(hours=3), now) == "3 h ago"
     assert relative_time(now - timedelta(days=4), now) == "4 days ago"
     old = datetime(2025, 3, 7, 9, 5)
-    assert relative_time(old, now) == "7 Mar 2025" and exact_utc(old) == "2025-03-07 09:05 UTC"
-    assert relative_time(None) == "" and exact_utc(None) == ""
+    assert relative_time(old, now, zone=UTC) == "7 Mar 2025" and exact_time(old, UTC) == "2025-03-07 09:05 UTC"
+    assert relative_time(None) == "" and exact_time(None) == ""
+    # In Prague: winter and summer time, and a UTC evening that is the next day there.
+    prague = ZoneInfo("Europe/Prague")
+    assert exact_time(old, prague) == "2025-03-07 10:05 CET"
+    assert exact_time(datetime(2025, 7, 31, 22, 30), prague) == "2025-08-01 00:30 CEST"
+    assert relative_time(datetime(2025, 7, 31, 22, 30), now, zone=prague) == "1 Aug 2025"

@@ -180,6 +180,36 @@ def plain_words(reason: str) -> str:
     )
 
 
+# What the network and TLS layers say (Python's and the OS's words), as a person would say it.
+_DETAIL_WORDS = (
+    (re.compile(r"connection refused|errno 111\b", re.I), "The mail server refused the connection."),
+    (re.compile(r"timed? ?out|errno 110\b", re.I), "The mail server did not answer in time."),
+    (re.compile(r"name or service not known|nodename nor servname|getaddrinfo failed|"
+                r"temporary failure in name resolution|no address associated|errno -[235]\b", re.I),
+     "The mail server's name could not be found."),
+    (re.compile(r"network is unreachable|no route to host|errno 11[03]\b|errno 101\b", re.I),
+     "The mail server cannot be reached from here."),
+    (re.compile(r"connection reset|broken pipe|errno 104\b|errno 32\b|unexpected eof|socket error: eof",
+                re.I), "The mail server closed the connection unexpectedly."),
+    (re.compile(r"certificate verify failed|certificate_verify_failed|self[- ]signed|hostname mismatch",
+                re.I), "The mail server's certificate could not be verified."),
+    (re.compile(r"wrong version number|unknown protocol|ssl: ", re.I),
+     "A secure (TLS) connection could not be set up: the port or the security setting may be wrong."),
+)
+
+
+def detail_words(detail: str | None) -> str | None:
+    """A sentence for the words of the network or TLS layer ("[Errno 111] Connection refused" ->
+    "The mail server refused the connection."); None when the words are the mail server's own
+    (they are shown as they are)."""
+    if not detail:
+        return None
+    for pattern, words in _DETAIL_WORDS:
+        if pattern.search(detail):
+            return words
+    return None
+
+
 def fix_steps(reason: str, *, support_contact: str | None = None) -> list[str]:
     """What to do about it, each step naming who can do it. `support_contact` is whom
     support reports to (an address or a URL, the EIS_SUPPORT_CONTACT setting); without it,

@@ -8,7 +8,7 @@ from portal.timeutil import utcnow
 
 
 class AuditEvent(db.Model):
-    """Who did what, when: connected, reconnected, deleted, resync asked, settings changed."""
+    """Who did what, when: connected, reconnected, deleted, sync or resync asked, settings changed."""
     __tablename__ = "audit_events"
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

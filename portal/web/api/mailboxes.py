@@ -123,7 +123,7 @@ def sync_mailbox(mailbox_id: int):
                        + (f" ({mailbox.reason}): reconnect it first." if mailbox.reason else "; connect it again first."))
     _job, created = enqueue_sync(mailbox.id, "manual", g.api_user.id)
     if created:
-        record("resync_asked", g.api_user, mailbox)
+        record("sync_asked", g.api_user, mailbox)
         db.session.commit()
     return {"mailbox_id": mailbox.id, "queued": created, "job": job_state(sync_job_id(mailbox.id))}, 202
 

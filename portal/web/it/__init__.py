@@ -1,9 +1,6 @@
 """IT: every connected account with its OAuth scopes and token health, a CSV export, the audit log."""
 from flask import Blueprint
 
-from portal.web.support.listing import register_filters
-
 bp = Blueprint("it", __name__, url_prefix="/it")
-register_filters(bp)
 
 from portal.web.it import views  # noqa: E402,F401

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from flask import current_app, url_for
-from jinja2.utils import urlize
-from markupsafe import Markup
+from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.mail.errors import ACCOUNTS_PAGE, fix_steps, plain_words
+from portal.mail.errors import fix_steps, plain_words
 from portal.models import Mailbox, SyncRun
 from portal.queue import job_state, sync_job_id
 from portal.timeutil import utcnow
@@ -31,6 +29,7 @@ STATE_HINTS = {
     "problematic": "Syncing has stopped until the account is reconnected.",
     "disconnected": "Deleted: nothing is synced; emails already logged stay.",
 }
+SYNC_NOTICE_FOR = timedelta(minutes=2)
 PROVIDER_WORDS = {"imap": "IMAP", "microsoft": "Microsoft 365 / Outlook", "google": "Google"}
 SECURITY_WORDS = {"ssl": "SSL/TLS", "starttls": "STARTTLS", "none": "unencrypted"}
 
@@ -113,63 +112,40 @@ def problem_of(mailbox: Mailbox) -> dict | None:
     return {"reason": reason, "words": plain_words(reason), "steps": steps, "detail": mailbox.detail}
 
 
-def server_line(mailbox: Mailbox) -> str:
+def server_settings(mailbox: Mailbox) -> list[str]:
+    """'IMAP imap.example.com:993 (SSL/TLS)', 'SMTP ...' and the login, for the card's
+    Server settings disclosure (none for Microsoft and Google: the provider sets them)."""
     if mailbox.provider != "imap":
-        return PROVIDER_WORDS.get(mailbox.provider, mailbox.provider)
-    parts = []
+        return []
+    lines = []
     for kind in ("imap", "smtp"):
         host, port, security = (getattr(mailbox, f"{kind}_{field}") for field in ("host", "port", "security"))
         if host:
-            parts.append(f"{kind.upper()} {host}:{port} ({SECURITY_WORDS.get(security or '', security)})")
-    return " · ".join(parts) or "IMAP"
+            lines.append(f"{kind.upper()} {host}:{port} ({SECURITY_WORDS.get(security or '', security)})")
+    if not mailbox.smtp_host:
+        lines.append("No SMTP server: this account cannot send from the CRM.")
+    if mailbox.login and mailbox.login != mailbox.address:
+        lines.append(f"Login {mailbox.login}")
+    return lines
 
 
-# --- times -------------------------------------------------------------------------------------
-
-
-def exact_utc(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def relative_time(value: datetime | None, now: datetime | None = None) -> str:
-    """'just now', '5 min ago', 'in 12 min', '3 h ago', '4 days ago', else the date."""
-    if value is None:
-        return ""
-    now = now or utcnow()
-    seconds = (now - value).total_seconds()
-    future = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 45:
-        return "in a moment" if future else "just now"
-    if seconds < 90 * 60:
-        amount = f"{max(1, round(seconds / 60))} min"
-    elif seconds < 36 * 3600:
-        amount = f"{round(seconds / 3600)} h"
-    elif seconds < 30 * 86400:
-        amount = f"{round(seconds / 86400)} days"
-    else:
-        return f"{value.day} {value:%b %Y}"
-    return f"in {amount}" if future else f"{amount} ago"
-
-
-def iso_utc(value: datetime | None) -> str:
-    return "" if value is None else value.replace(microsecond=0).isoformat() + "Z"
-
-
-def step_html(step: str) -> Markup:
-    """A fix step for the page: its web addresses and email addresses as links, and the name
-    of the page where reps reconnect as a link to it."""
-    html = urlize(step, rel="noopener noreferrer", target="_blank")
-    page = f'<a href="{url_for("mailboxes.mine")}">{ACCOUNTS_PAGE}</a>'
-    return Markup(html.replace(ACCOUNTS_PAGE, page, 1))
+def last_sync_notice(mailbox: Mailbox, now: Now) -> str | None:
+    """'Synced: 3 new emails logged' for a little while after a sync ends, so that a person
+    who pressed Sync now (or watches the first sync) is told how it ended."""
+    if now.live or mailbox.state not in ("active", "pending"):
+        return None
+    run = db.session.scalar(select(SyncRun).where(SyncRun.mailbox_id == mailbox.id)
+                            .order_by(SyncRun.id.desc()).limit(1))
+    if run is None or run.status != "succeeded" or run.finished_at is None \
+            or utcnow() - run.finished_at > SYNC_NOTICE_FOR:
+        return None
+    if not run.logged:
+        return "Synced: no new customer email."
+    return f"Synced: {run.logged} new email{'' if run.logged == 1 else 's'} logged."
 
 
 def register(app_bp) -> None:
-    """Filters and globals the portal's templates use (registered app-wide by the blueprint)."""
-    app_bp.add_app_template_filter(step_html, "step_html")
-    app_bp.add_app_template_filter(relative_time, "relative_time")
-    app_bp.add_app_template_filter(exact_utc, "exact_utc")
-    app_bp.add_app_template_filter(iso_utc, "iso_utc")
+    """Globals the mailbox templates use (registered app-wide by the blueprint)."""
     app_bp.add_app_template_global(STATE_WORDS, "state_words")
 
 

@@ -35,11 +35,14 @@ def _own_mailbox(mailbox_id: int) -> Mailbox:
 def _card(mailbox: Mailbox, **extra) -> dict:
     """Everything the mailbox card (templates/mailboxes/_mailbox.html) shows."""
     now = present.now_of(mailbox)
+    if "notice" not in extra and not extra.get("confirm_delete"):
+        extra["notice"] = present.last_sync_notice(mailbox, now)
     return {
         "mailbox": mailbox,
         "now": now,
         "problem": present.problem_of(mailbox),
-        "server_line": present.server_line(mailbox),
+        "provider_words": present.PROVIDER_WORDS.get(mailbox.provider, mailbox.provider),
+        "server_settings": present.server_settings(mailbox),
         "state_hint": present.STATE_HINTS.get(mailbox.state, ""),
         "poll": now.live and not extra.get("confirm_delete") and not extra.get("reconnect_form"),
         "oob_banner": bool(htmx) and not htmx.boosted,  # a fragment refreshes the banner too
@@ -91,7 +94,7 @@ def connect():
             mailbox, reconnected = service.link_imap_mailbox(current_user, settings)
         except service.LinkError as exc:
             db.session.rollback()  # nothing saved
-            link_error = str(exc)
+            link_error = exc
         else:
             db.session.commit()
             present.announce_linked(mailbox, reconnected, current_user.id)
@@ -112,7 +115,7 @@ def sync_now(mailbox_id: int):
         return _fragment_or_redirect(mailbox, "The sync queue is not reachable right now; try again in a minute.",
                                      "error")
     if queued:
-        record("resync_asked", current_user, mailbox)
+        record("sync_asked", current_user, mailbox)
         db.session.commit()
         return _fragment_or_redirect(mailbox, f"Sync of {mailbox.address} queued.")
     return _fragment_or_redirect(mailbox, f"A sync of {mailbox.address} is already queued or running.", "info")
@@ -139,7 +142,7 @@ def reconnect(mailbox_id: int):
         except service.LinkError as exc:
             db.session.rollback()
             db.session.refresh(mailbox)
-            link_error = str(exc)
+            link_error = exc
         else:
             db.session.commit()
             queued = _queue_sync(mailbox, "manual")

@@ -101,8 +101,8 @@ def _redirect_uri(provider: oauth.Provider) -> str:
 
 
 def _not_configured(provider: oauth.Provider):
-    flash(f"Connecting {provider.title} accounts is not configured on this server yet. Ask your administrator: "
-          f"the operators set {provider.env_prefix}CLIENT_ID and {provider.env_prefix}CLIENT_SECRET.", "error")
+    flash(f"Connecting {provider.title} accounts is not configured on this server yet. Your CRM administrator "
+          "can turn it on.", "error")
     return redirect(_accounts_url())
 
 

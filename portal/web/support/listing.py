@@ -146,39 +146,3 @@ def state_counts() -> dict[str, int]:
     counts = {state: 0 for state in STATE_ORDER}
     counts.update({state: n for state, n in rows})
     return counts
-
-
-# -- times for people (registered as template filters by each ops blueprint) ---------------------
-def ago(moment: datetime | None) -> str:
-    """'3 min ago', 'in 5 min', '2 d ago'; '—' for None. Stored times are naive UTC."""
-    if moment is None:
-        return "—"
-    seconds = (utcnow() - moment).total_seconds()
-    text = duration(abs(seconds))
-    if abs(seconds) < 5:
-        return "just now"
-    return f"{text} ago" if seconds >= 0 else f"in {text}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = abs(seconds)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms" if seconds else "0 s"
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min"
-    if seconds < 86400 * 2:
-        return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
-    return f"{seconds // 86400:.0f} d"
-
-
-def when(moment: datetime | None) -> str:
-    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def register_filters(bp) -> None:
-    for name, func_ in (("ops_ago", ago), ("ops_duration", duration), ("ops_when", when)):
-        bp.add_app_template_filter(func_, name)
