@@ -69,6 +69,9 @@ class Person:
         return self.page.locator(".flash")
 
     def shoot(self, name: str) -> None:
+        """A screenshot for the README, taken on a desktop screen only."""
+        if (self.page.viewport_size or {}).get("width", 1280) < 1000:
+            return
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 

@@ -4,7 +4,8 @@ against the authorization server), the authlib authorization server standing in 
 Microsoft and Google (which cannot be reached from here; it shows a sign-in and consent page
 as they do), an SMTP server, Redis and the database.
 
-Each journey goes through visible labels and roles, as a person does.
+Each journey goes through visible labels and roles, as a person does, on a desktop and on a
+390x844 phone screen (the phone on SQLite only: the layout does not depend on the database).
 """
 import email
 import email.policy
@@ -53,6 +54,15 @@ class Team:
     def activity_rows(self) -> int:
         db.session.expire_all()
         return db.session.scalar(select(func.count(Activity.id)))
+
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+
+
+@pytest.fixture(params=["desktop", "phone"])
+def browser_context_args(browser_context_args, request):
+    """Each journey on a desktop and on a phone (pytest-playwright's context takes these)."""
+    return {**browser_context_args, **(PHONE if request.param == "phone" else {})}
 
 
 @pytest.fixture
