@@ -10,7 +10,7 @@ Everything is set up in a temp folder and removed at the end (also on Ctrl-C or 
 a Dovecot, a redis-server, the database (schema by the migrations; a PostgreSQL database
 named in --database-url is created by this script and dropped at the end - it must not
 exist beforehand), 100,000 customers (bulk insert), and Maildir mailboxes written
-directly (tests.servers.Dovecot.write_maildir):
+directly (devservers.Dovecot.write_maildir):
 
   A   --messages (20,000) messages in the back-fill window, 1% (200) of them with 500
       customers' primary addresses in From/To/Cc: floor, timed in-process back-fill,
@@ -68,8 +68,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# devservers, portal and their libraries are imported in the functions that use them: the
+# launcher and each child back-fill run this file too, and their peak RSS must not carry them.
 
 PASSWORD = "bench-imap-pass"
 OWNER_DOMAIN = "agency.test"
@@ -212,7 +212,7 @@ def filler_message(rng: random.Random, owner: str, when: datetime, msgid: str) -
 
 def customer_message(rng: random.Random, owner: str, when: datetime, msgid: str, customers: list[int]) -> bytes:
     """A message with 2-3 customers' primary addresses in From/To/Cc (through make_message)."""
-    from tests.servers import make_message
+    from devservers import make_message
 
     def person(i: int):
         return (f"{FIRST[i % len(FIRST)]} {LAST[i % len(LAST)]}", customer_address(i))
@@ -269,7 +269,7 @@ def derive_mailbox(dovecot, rng: random.Random, owner: str, src_paths: list[Path
     first mailbox) under names that keep their place in the UID order. The linked messages
     are addressed to the first mailbox, an internal address here: they are ignored as
     `internal` instead of `no_customer`, after the same work (headers fetched, parsed, decided)."""
-    from tests.servers import MAIL_GID, MAIL_UID
+    from devservers import MAIL_GID, MAIL_UID
 
     dovecot.write_maildir(owner, "INBOX", [])  # the Maildir folders
     target = dovecot.maildir_path(owner, "INBOX")
@@ -854,7 +854,7 @@ def run(args, tmp: Path, state: dict, started: dict) -> int:
     import sqlalchemy as sa
     from cryptography.fernet import Fernet
 
-    from tests.servers import Dovecot, RedisServer
+    from devservers import Dovecot, RedisServer
 
     rng = random.Random(args.seed)
     wall0 = time.perf_counter()

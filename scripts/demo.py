@@ -18,10 +18,9 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devservers import Dovecot, SmtpSink, make_message
 
-from tests.servers import Dovecot, SmtpSink, make_message  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DOMAIN = "reality-demo.test"
 PASSWORD = "demo-password"

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 
-from tests.servers import RedisServer
+from devservers import Dovecot, OAuthTestServer, RedisServer, SmtpSink, WorkerProcess
 
 PG_ADMIN_URL = os.environ.get("EIS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = [b.strip() for b in os.environ.get("EIS_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
@@ -132,8 +132,6 @@ def world(app):
 
 @pytest.fixture(scope="session")
 def dovecot():
-    from tests.servers import Dovecot
-
     # Its own folder under /tmp, not pytest's: pytest resets /tmp/pytest-of-<user> to mode
     # 0700 whenever a pytest session starts, and Dovecot's auth process (user dovecot)
     # then cannot read the passwd files ("Temporary authentication failure").
@@ -154,9 +152,7 @@ def mail(app, world, dovecot):
 
 @pytest.fixture(scope="session")
 def oauth_server():
-    """The stand-in for Microsoft's and Google's authorization servers (tests/oauth_server.py)."""
-    from tests.oauth_server import OAuthTestServer
-
+    """The stand-in for Microsoft's and Google's authorization servers (devservers/oauth.py)."""
     server = OAuthTestServer().start()
     yield server
     server.stop()
@@ -166,8 +162,6 @@ def oauth_server():
 def oauth_dovecot(oauth_server):
     """A Dovecot whose oauth2 passdb asks our authorization server about every XOAUTH2 token
     (passwords still work for the tests' own APPENDs)."""
-    from tests.servers import Dovecot
-
     server = Dovecot(oauth2_introspection_url=oauth_server.introspection_url)
     server.start()
     yield server
@@ -179,7 +173,6 @@ def smtp_sink(oauth_server):
     """An SMTP server (aiosmtpd) that takes passwords and checks XOAUTH2 tokens with the
     authorization server."""
     from tests.oauthworld import introspection_checker
-    from tests.servers import SmtpSink
 
     sink = SmtpSink(token_checker=introspection_checker(oauth_server))
     sink.start()
@@ -192,8 +185,6 @@ def worker_process(app):
     """start() runs `python worker.py --no-scheduler` as a separate process against the test's
     database and Redis, configured through the environment from the app's config as an
     operator would; it is stopped at the end of the test."""
-    from tests.servers import WorkerProcess
-
     workers = []
 
     def start(**extra) -> "WorkerProcess":

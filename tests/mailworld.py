@@ -5,11 +5,11 @@ from datetime import datetime, timedelta
 from rq import SimpleWorker
 from sqlalchemy import select
 
+from devservers import make_message
 from portal import mailboxes as service
 from portal.extensions import db
 from portal.models import Activity, Customer, Email, EmailSource, Mailbox
 from portal.queue import QUEUES, get_queue, get_redis
-from tests.servers import make_message
 
 
 class MailWorld:

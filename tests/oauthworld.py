@@ -1,7 +1,7 @@
 """Reps, their mailboxes on the OAuth Dovecot, and a trip through the OAuth flow, shared by
 the OAuth tests (Flask test client) and the browser journeys (Chromium).
 
-The parts are real: tests/oauth_server.py (authlib's server classes) stands in for the live
+The parts are real: devservers/oauth.py (authlib's server classes) stands in for the live
 Microsoft and Google endpoints, which cannot be reached from here; a Dovecot whose oauth2
 passdb asks that server about every XOAUTH2 token; an aiosmtpd server that checks SMTP
 XOAUTH2 tokens the same way (the fixtures in tests/conftest.py).

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from devservers import OUTLOOK
 from portal import crm
 from portal import send as send_service
 from portal.extensions import db
@@ -25,7 +26,6 @@ from portal.models import Email, Mailbox
 from portal.timeutil import utcnow
 from tests.factories import PASSWORD
 from tests.journeys import Person
-from tests.oauth_server import OUTLOOK
 
 PHONE = {"width": 390, "height": 844}
 SMALLEST = {"width": 320, "height": 640}  # WCAG 1.4.10: 320 CSS px wide

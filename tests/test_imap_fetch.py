@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from devservers import make_message
 from portal.mail import imap
 from portal.mail.imap import ImapSession, Unrecognised, header_records, header_records_fast
 from tests import corpus
-from tests.servers import make_message
 
 
 def _session(dovecot, address: str) -> ImapSession:

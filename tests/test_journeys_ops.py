@@ -12,12 +12,12 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from devservers import OUTLOOK
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
 from portal.queue import enqueue_sync
 from portal.timeutil import utcnow
 from tests.journeys import SYNC_SECONDS
-from tests.oauth_server import OUTLOOK
 
 TIMEOUT = SYNC_SECONDS * 1000
 

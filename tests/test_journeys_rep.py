@@ -16,10 +16,10 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
+from devservers import OUTLOOK, make_message
 from portal.extensions import db
 from portal.models import Activity, Mailbox, OutgoingEmail
 from tests.journeys import SYNC_SECONDS, Person
-from tests.oauth_server import OUTLOOK
 from tests.oauthworld import OAuthWorld
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -248,8 +248,6 @@ def test_rep_presses_sync_now_and_watches_it_progress(team):
 
 
 def _plain(subject: str, sender: str, to: str) -> bytes:
-    from tests.servers import make_message
-
     return make_message(from_=sender, to=to, subject=subject, body="Dobrý den")
 
 

@@ -1,6 +1,6 @@
 """Microsoft 365 / Outlook and Google over OAuth, end to end against real parts.
 
-A real authorization server (tests/oauth_server.py, authlib's server classes) stands in for
+A real authorization server (devservers/oauth.py, authlib's server classes) stands in for
 the live Microsoft and Google endpoints; a Dovecot of its own checks every XOAUTH2 login
 against that server's introspection endpoint, and an aiosmtpd sink checks SMTP XOAUTH2
 tokens the same way. So the token the portal obtained through the browser flow is the
@@ -14,12 +14,12 @@ import pytest
 import requests
 from sqlalchemy import select, text
 
+from devservers import GMAIL, OUTLOOK
 from portal import oauth
 from portal import mailboxes as mailbox_service
 from portal.extensions import db
 from portal.models import AuditEvent, FolderCheckpoint, Mailbox
 from portal.timeutil import utcnow
-from tests.oauth_server import GMAIL, OUTLOOK
 from tests.oauthworld import OAuthWorld
 from tests.oauthworld import flashes as _flashes
 from tests.oauthworld import link_with as _link_with

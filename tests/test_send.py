@@ -14,11 +14,11 @@ import time
 import pytest
 from rq import SimpleWorker
 
+from devservers import SmtpSink
 from portal.extensions import db
 from portal.models import Activity, Email, EmailSource, Mailbox, MailboxStateChange, OutgoingEmail
 from portal.queue import QUEUES, get_queue, get_redis, send_job_id
 from tests.factories import csrf_from
-from tests.servers import SmtpSink
 
 
 def everyone(status):

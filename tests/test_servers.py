@@ -1,4 +1,4 @@
-"""Tests of the test harness itself (tests/servers.py), against the real servers.
+"""Tests of devservers (the real servers that tests, the demo and the bench start).
 
 No conftest fixtures: run with `pytest tests/test_servers.py --noconftest`.  A missing
 dovecot or redis-server makes these fail, never skip.
@@ -22,17 +22,8 @@ import imapclient
 import pytest
 from imapclient.exceptions import LoginError
 
-try:  # the module conftest.py uses, when the repo root is on sys.path
-    from tests import servers
-except ImportError:  # run alone from tests/ (pytest puts this folder on sys.path)
-    import servers
-
-Dovecot = servers.Dovecot
-RedisServer = servers.RedisServer
-ServerStartError = servers.ServerStartError
-SmtpSink = servers.SmtpSink
-free_port = servers.free_port
-make_message = servers.make_message
+from devservers import Dovecot, RedisServer, ServerStartError, SmtpSink, free_port, make_message
+from devservers.process import _find_binary
 
 ALICE = "alice@example.test"
 
@@ -319,7 +310,7 @@ def test_oauth2_passdb_checks_tokens_by_introspection():
 
 def test_missing_binary_is_an_error_not_a_skip():
     with pytest.raises(ServerStartError, match="not installed"):
-        servers._find_binary("eis-no-such-server")
+        _find_binary("eis-no-such-server")
 
 
 # ---- Redis -----------------------------------------------------------------------------

@@ -22,179 +22,39 @@ the client secret (with the provider's words), answer 5xx.
         ms = server.flavour("microsoft")
         ms.register_client("client-id", "secret", ["http://localhost/oauth/microsoft/callback"])
         ms.choose_account("alice@example.test")
+
+The records it keeps are in devservers.oauth_records; authlib's grant and endpoint classes
+over them in devservers.oauth_grants.
 """
 from __future__ import annotations
 
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from html import escape
 
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Flask, jsonify, make_response, request
 from joserfc.jwk import RSAKey
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
-from authlib.oauth2.rfc6749.util import scope_to_list
-from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from authlib.oidc.core.grants import OpenIDCode
-
-HOST = "127.0.0.1"
-MICROSOFT_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
-OUTLOOK = "https://outlook.office.com/"
-GMAIL = "https://mail.google.com/"
-GOOGLE_SCOPE_NAMES = {  # what Google writes back for the short OIDC scopes
-    "email": "https://www.googleapis.com/auth/userinfo.email",
-    "profile": "https://www.googleapis.com/auth/userinfo.profile",
-}
-RESOURCE_CLIENT_ID = "mail-server"  # Dovecot's credentials for introspection
-RESOURCE_CLIENT_SECRET = "mail-server-secret"
-
-# The providers' own words for the refusals tests provoke.
-WORDS = {
-    "microsoft": {
-        "revoked": ("AADSTS50173: The provided grant has expired due to it being revoked, a fresh "
-                    "auth token is needed. The user might have changed or reset their password."),
-        "spent": ("AADSTS70008: The provided authorization code or refresh token has expired due to "
-                  "inactivity. Send a new interactive authorization request for this user and resource."),
-        "bad_secret": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in "
-                      "the request is the client secret value, not the client secret ID.",
-        "expired_secret": "AADSTS7000222: The provided client secret keys for app '{client_id}' are "
-                          "expired. Visit the Azure portal to create new keys for your app.",
-        "consent": ("AADSTS65001: The user or administrator has not consented to use the application "
-                    "with ID '{client_id}' named 'EIS test'. Send an interactive authorization request "
-                    "for this user and resource."),
-    },
-    "google": {
-        "revoked": "Token has been expired or revoked.",
-        "spent": "Token has been expired or revoked.",
-        "bad_secret": "Unauthorized",
-        "expired_secret": "The OAuth client was deleted.",
-        "consent": "Token has been expired or revoked.",
-    },
-}
-
-
-@dataclass(eq=False)
-class Account:
-    address: str
-    sub: str = field(default_factory=lambda: secrets.token_hex(8))
-    name: str = "Test User"
-
-    def get_user_id(self) -> str:
-        return self.sub
-
-
-@dataclass(eq=False)
-class Client(ClientMixin):
-    client_id: str
-    client_secret: str
-    redirect_uris: list[str]
-    flavour: "Flavour | None" = None
-
-    def get_client_id(self):
-        return self.client_id
-
-    def get_default_redirect_uri(self):
-        return self.redirect_uris[0] if self.redirect_uris else None
-
-    def get_allowed_scope(self, scope):
-        return scope
-
-    def check_redirect_uri(self, redirect_uri):
-        return redirect_uri in self.redirect_uris
-
-    def check_client_secret(self, client_secret):
-        if self.flavour is not None and self.flavour.secret_rejected and self.client_id != RESOURCE_CLIENT_ID:
-            return False
-        return secrets.compare_digest(client_secret, self.client_secret)
-
-    def check_endpoint_auth_method(self, method, endpoint):
-        return method in ("client_secret_basic", "client_secret_post")
-
-    def check_response_type(self, response_type):
-        return response_type == "code"
-
-    def check_grant_type(self, grant_type):
-        return grant_type in ("authorization_code", "refresh_token")
-
-
-@dataclass(eq=False)
-class Grant:
-    """One account's consent to one client: the scopes it holds, and whether it was revoked."""
-    account: Account
-    client_id: str
-    scopes: list[str]
-    revoked: bool = False
-
-
-@dataclass(eq=False)
-class AuthCode:
-    code: str
-    client_id: str
-    redirect_uri: str
-    scope: str
-    grant: Grant
-    nonce: str | None
-    code_challenge: str | None
-    code_challenge_method: str | None
-    auth_time: int
-
-    def get_redirect_uri(self):
-        return self.redirect_uri
-
-    def get_scope(self):
-        return self.scope
-
-    def get_nonce(self):
-        return self.nonce
-
-    def get_auth_time(self):
-        return self.auth_time
-
-    def get_acr(self):
-        return None
-
-    def get_amr(self):
-        return None
-
-
-@dataclass(eq=False)
-class Token(TokenMixin):
-    """An access token, or a refresh token (`kind`); both belong to a grant."""
-    kind: str  # "access" | "refresh"
-    value: str
-    client_id: str
-    scope: str
-    grant: Grant
-    issued_at: float
-    expires_in: int
-    revoked: bool = False  # access: revoked; refresh: spent by rotation or revoked
-
-    def check_client(self, client):
-        return client.get_client_id() == self.client_id
-
-    def get_scope(self):
-        return self.scope
-
-    def get_expires_in(self):
-        return self.expires_in
-
-    def is_expired(self):
-        return self.kind == "access" and time.time() >= self.issued_at + self.expires_in
-
-    def is_revoked(self):
-        return self.revoked or self.grant.revoked
-
-    def get_user(self):
-        return self.grant.account
-
-    def get_client(self):
-        return None
+from devservers.oauth_grants import build_authorization_server
+from devservers.oauth_records import (
+    GOOGLE_SCOPE_NAMES,
+    MICROSOFT_TENANT_ID,
+    OUTLOOK,
+    RESOURCE_CLIENT_ID,
+    RESOURCE_CLIENT_SECRET,
+    WORDS,
+    Account,
+    AuthCode,
+    Client,
+    Grant,
+    Token,
+)
+from devservers.process import HOST
 
 
 class Flavour:
@@ -228,7 +88,7 @@ class Flavour:
         self.refreshes: list[str] = []  # address of each successful refresh
         self.token_errors: list[dict] = []
         self.authorizations: list[dict] = []
-        self.authorization_server = self._build()
+        self.authorization_server = build_authorization_server(self)
         self.register_client(RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, [])
 
     # ---- URLs -------------------------------------------------------------------------
@@ -343,146 +203,6 @@ class Flavour:
     def _grants_of(self, address: str) -> list[Grant]:
         return [g for (addr, _c), g in self.grants.items() if addr == address]
 
-    # ---- the authlib server -----------------------------------------------------------
-    def _build(self) -> AuthorizationServer:
-        flavour = self
-        server = AuthorizationServer(query_client=lambda cid: flavour.clients.get(cid),
-                                     save_token=self._save_token)
-        server.load_config({"OAUTH2_TOKEN_EXPIRES_IN": None})
-        server.register_token_generator("default", self._generate_token)
-
-        class CodeGrant(grants.AuthorizationCodeGrant):
-            TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-            def save_authorization_code(self, code, req):
-                requested = scope_to_list(req.payload.scope) or []
-                granted = [s for s in requested if s not in flavour.unticked]
-                account = req.user
-                grant = flavour.grants.get((account.address, req.client.client_id))
-                if grant is None or grant.revoked:
-                    grant = Grant(account, req.client.client_id, granted)
-                    flavour.grants[(account.address, req.client.client_id)] = grant
-                else:
-                    grant.scopes = granted
-                flavour.codes[code] = AuthCode(
-                    code=code, client_id=req.client.client_id, redirect_uri=req.payload.redirect_uri,
-                    scope=" ".join(granted), grant=grant, nonce=req.payload.data.get("nonce"),
-                    code_challenge=req.payload.data.get("code_challenge"),
-                    code_challenge_method=req.payload.data.get("code_challenge_method"),
-                    auth_time=int(time.time()),
-                )
-                flavour.authorizations.append({"account": account.address, "scope": granted,
-                                               "params": dict(req.payload.data)})
-
-            def query_authorization_code(self, code, client):
-                item = flavour.codes.get(code)
-                if item and item.client_id == client.get_client_id():
-                    return item
-                return None
-
-            def delete_authorization_code(self, authorization_code):
-                flavour.codes.pop(authorization_code.code, None)
-
-            def authenticate_user(self, authorization_code):
-                return authorization_code.grant.account
-
-        class RefreshGrant(grants.RefreshTokenGrant):
-            TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-            INCLUDE_NEW_REFRESH_TOKEN = flavour.name == "microsoft"  # Google keeps its refresh token
-
-            def authenticate_refresh_token(self, refresh_token):
-                token = flavour.tokens.get(refresh_token)
-                if token is None or token.kind != "refresh":
-                    return None
-                if token.grant.revoked:
-                    raise InvalidGrantError(WORDS[flavour.name]["revoked"])
-                if token.revoked:
-                    raise InvalidGrantError(WORDS[flavour.name]["spent"])
-                return token
-
-            def _validate_token_scope(self, token):
-                asked = scope_to_list(self.request.payload.scope) or []
-                missing = [s for s in asked if s not in token.grant.scopes]
-                if missing:  # Microsoft: consent for a scope asked at refresh is gone
-                    raise InvalidGrantError(WORDS[flavour.name]["consent"].format(client_id=token.client_id))
-
-            def issue_token(self, user, refresh_token):
-                return self.generate_token(user=user, scope=" ".join(refresh_token.grant.scopes),
-                                           include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN)
-
-            def authenticate_user(self, refresh_token):
-                return refresh_token.grant.account
-
-            def revoke_old_credential(self, refresh_token):
-                if self.INCLUDE_NEW_REFRESH_TOKEN:
-                    refresh_token.revoked = True  # rotation: the old one is spent
-                flavour.refreshes.append(refresh_token.grant.account.address)
-
-        class IdToken(OpenIDCode):
-            def exists_nonce(self, nonce, req):
-                return any(c.nonce == nonce for c in flavour.codes.values())
-
-            def resolve_client_private_key(self, client):
-                return flavour.key
-
-            def get_client_claims(self, client):
-                return {"iss": flavour.issuer, "aud": client.get_client_id()}
-
-            def get_encode_header(self, client):
-                return {"alg": "RS256", "kid": flavour.key.kid, "typ": "JWT"}
-
-            def generate_user_info(self, user, scope):
-                return flavour._claims(user, scope_to_list(scope) or [])
-
-        class Revocation(RevocationEndpoint):
-            CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-            def query_token(self, token_string, token_type_hint):
-                return flavour.tokens.get(token_string)
-
-            def revoke_token(self, token, req):
-                if token.kind == "refresh":
-                    token.grant.revoked = True  # revoking a refresh token ends the grant (Google)
-                else:
-                    token.revoked = True
-
-        class Introspection(IntrospectionEndpoint):
-            CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-            def query_token(self, token_string, token_type_hint):
-                token = flavour.tokens.get(token_string)
-                return token if token is not None and token.kind == "access" else None
-
-            def check_permission(self, token, client, req):
-                return client.get_client_id() in (RESOURCE_CLIENT_ID, token.client_id)
-
-            def introspect_token(self, token):
-                return flavour._introspection_payload(token)
-
-        server.register_grant(CodeGrant, [CodeChallenge(required=True), IdToken(require_nonce=False)])
-        server.register_grant(RefreshGrant)
-        server.register_endpoint(Revocation)
-        server.register_endpoint(Introspection)
-        return server
-
-    def _generate_token(self, grant_type, client, user=None, scope=None, expires_in=None,
-                        include_refresh_token=True):
-        token = {"token_type": "Bearer", "access_token": secrets.token_urlsafe(32),
-                 "expires_in": self.access_token_lifetime, "scope": scope or ""}
-        if include_refresh_token:
-            token["refresh_token"] = secrets.token_urlsafe(40)
-        return token
-
-    def _save_token(self, token: dict, req) -> None:
-        account = req.user
-        grant = self.grants[(account.address, req.client.client_id)]
-        now = time.time()
-        self.tokens[token["access_token"]] = Token("access", token["access_token"], req.client.client_id,
-                                                   token.get("scope", ""), grant, now, int(token["expires_in"]))
-        if token.get("refresh_token"):
-            self.tokens[token["refresh_token"]] = Token("refresh", token["refresh_token"], req.client.client_id,
-                                                        token.get("scope", ""), grant, now, 0)
-
     def _claims(self, account: Account, scopes: list[str]) -> dict:
         if self.name == "microsoft":
             claims = {"sub": account.sub, "oid": account.sub, "tid": MICROSOFT_TENANT_ID, "ver": "2.0",
@@ -520,8 +240,6 @@ class Flavour:
                 error, description = self._authorize_error
                 self._authorize_error = None
                 target = request.args.get("redirect_uri", "")
-                from authlib.common.urls import add_params_to_uri
-
                 params = [("error", error), ("error_description", description)]
                 if request.args.get("state"):
                     params.append(("state", request.args["state"]))
@@ -545,8 +263,6 @@ class Flavour:
 
     def _consent_page(self):
         """What a person sees at the provider: who signs in, what the app asks for, Accept."""
-        from html import escape
-
         title = {"microsoft": "Microsoft", "google": "Google"}[self.name]
         asked = scope_to_list(request.args.get("scope")) or []
         boxes = "\n".join(
