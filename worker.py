@@ -11,8 +11,9 @@ import sys
 from rq import Worker
 
 from portal import create_app
-from portal.jobs import prepare_worker_process, set_worker_app
+from portal.jobs.context import set_worker_app
 from portal.jobs.schedule import start_scheduler_process
+from portal.jobs.worker import prepare_worker_process
 from portal.queue import QUEUES, get_redis
 
 

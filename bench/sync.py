@@ -475,7 +475,7 @@ def quiet_floor_once(host: str, port: int, address: str, known: list[str] | None
 
 # (label, "module:attribute path", depth) - inclusive wall time of each, nested as shown.
 BREAKDOWN = [
-    ("open_session (connect, login)", "portal.mailboxes:open_session", 1),
+    ("open_imap (connect, login)", "portal.accounts.sessions:open_imap", 1),
     ("ImapSession.list_folders (LIST)", "portal.mail.imap:ImapSession.list_folders", 1),
     ("ImapSession.status (STATUS)", "portal.mail.imap:ImapSession.status", 1),
     ("ImapSession.close (LOGOUT)", "portal.mail.imap:ImapSession.close", 1),
@@ -660,7 +660,7 @@ def _vmhwm_kb() -> int:
 def child_backfill() -> int:
     spec = json.loads(os.environ[CHILD_ENV])
     app = make_app(spec["config"], spec["instance"])
-    from portal.jobs import prepare_worker_process
+    from portal.jobs.worker import prepare_worker_process
     from portal.sync import run_sync
 
     prepare_worker_process()  # as worker.py does
@@ -900,9 +900,9 @@ def run(args, tmp: Path, state: dict, started: dict) -> int:
         raise SystemExit(f"the product now fetches {product_imap.HEADER_FIELDS!r}: update the floor's "
                          f"HEADER_FIELDS ({HEADER_FIELDS!r}) to match")
 
-    from portal import mailboxes as mailbox_service
+    from portal.accounts import linking as mailbox_service
     from portal.extensions import db
-    from portal.jobs import prepare_worker_process
+    from portal.jobs.worker import prepare_worker_process
     from portal.models import Mailbox, SyncRun, User
     from portal.sync import run_sync
 

@@ -11,7 +11,7 @@ from flask import current_app
 
 
 class SecretError(RuntimeError):
-    pass
+    mail_fault = True  # stored credentials that cannot be read: the account's fault, not a bug
 
 
 def _fernet() -> MultiFernet:

@@ -20,12 +20,13 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from portal import sync
+from portal import matching
+from portal.sync import choose_folders
 from portal.extensions import db
 from portal.mail import parse, rules
 from portal.mail.errors import Classified, classify_exception, plain_words
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
-from portal.mailboxes import internal_addresses, open_session
+from portal.accounts.sessions import open_imap
 from portal.models import Activity, Customer, CustomerContactEmail, Deal, Email, EmailSource, Mailbox
 
 RECENT_PER_FOLDER = 200  # newest messages looked at in each folder
@@ -142,7 +143,7 @@ class _Found:
     headers: parse.ParsedHeaders
 
 
-def why(mailbox: Mailbox, query: str, *, connect: Callable[[Mailbox], ImapSession] = open_session,
+def why(mailbox: Mailbox, query: str, *, connect: Callable[[Mailbox], ImapSession] = open_imap,
         per_folder: int = RECENT_PER_FOLDER, limit: int = MAX_RESULTS,
         support_contact: str | None = None) -> WhyResult:
     """Find the mailbox's recent messages matching `query` (subject, address or Message-ID;
@@ -173,7 +174,7 @@ def _search(mailbox: Mailbox, query: str, connect, per_folder: int, result: WhyR
     session = connect(mailbox)
     try:
         folders = session.list_folders()
-        synced = sync.choose_folders(folders)
+        synced = choose_folders(folders)
         # Drafts, Junk and Trash are never synced; looked at anyway, so a message there is explained.
         skipped = [f for f in folders if f.selectable and f.special_use in SKIP_SPECIAL_USE and f not in synced]
         found: list[_Found] = []
@@ -202,10 +203,7 @@ def _newest(session: ImapSession, folder: Folder, count: int) -> tuple[list[Head
     if status.messages == 0:
         return [], status.uidvalidity
     session.select(folder.name)
-    first = max(1, status.messages - count + 1)
-    # A sequence set in SEARCH: the UIDs of the newest messages, however sparse the UIDs are.
-    uids = sorted(int(u) for u in session.client.search([f"{first}:*"]))[-count:]
-    return session.fetch_headers(uids), status.uidvalidity
+    return session.fetch_headers(session.newest_uids(status.messages, count)), status.uidvalidity
 
 
 def _matches(headers: parse.ParsedHeaders, query: str) -> bool:
@@ -225,9 +223,9 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
     addresses: set[str] = set()
     for item in found:
         addresses |= item.headers.all_addresses()
-    primaries, deals = sync.crm_facts_for(addresses)
-    internal = internal_addresses()
-    own = sync.owner_addresses(mailbox)
+    primaries, deals = matching.crm_facts_for(addresses)
+    internal = matching.internal_addresses()
+    own = matching.owner_addresses(mailbox)
     contacts = db.session.execute(
         select(CustomerContactEmail.address, Customer.id, Customer.external_id, Customer.name)
         .join(Customer, Customer.id == CustomerContactEmail.customer_id)
@@ -247,7 +245,7 @@ def _explain(mailbox: Mailbox, found: list[_Found]) -> list[MessageCheck]:
     checks = []
     for item in found:
         headers, record = item.headers, item.record
-        facts = sync.message_facts(headers, record, item.folder)
+        facts = matching.message_facts(headers, record, item.folder)
         decision = rules.decide(facts, mailbox_address=mailbox.address, internal_addresses=internal,
                                 primary_addresses=primaries, deals=deals, own_addresses=own, names=names)
         window = _window_verdict(mailbox, record)
@@ -333,7 +331,7 @@ def _window_verdict(mailbox: Mailbox, record: HeaderRecord) -> rules.Verdict:
     when = _fmt(record.internal_date)
     if start is None:
         return rules.Verdict("window", True, f"The email arrived {when}; this mailbox has no back-fill limit.")
-    if sync.outside_window(mailbox, record):
+    if matching.outside_window(mailbox, record):
         return rules.Verdict(
             "window", False,
             f"The email arrived {when}, before the back-fill window, which starts {_fmt(start)} "

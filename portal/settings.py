@@ -31,7 +31,7 @@ EIS_LIVE_POLL_SECONDS = 2.0  # how often a page asks about a sync or a sending i
 EIS_TLS_CA_FILE = None
 EIS_SUPPORT_CONTACT = None  # an address or a URL the fix steps send support to; None: "your CRM administrator"
 
-# Microsoft 365 / Outlook and Google over OAuth (portal/oauth.py). A provider without a
+# Microsoft 365 / Outlook and Google over OAuth (portal/accounts/oauth). A provider without a
 # client id is shown as "not configured". The metadata URL is the OpenID discovery document:
 # overriding it points the whole flow at another authorization server. Microsoft's default
 # is built from EIS_MICROSOFT_TENANT.

@@ -8,31 +8,27 @@ checkpoint, so a worker killed at any moment loses nothing and duplicates nothin
 """
 from __future__ import annotations
 
-import binascii
 import imaplib
-import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import String, any_, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from portal import mailboxes as mailbox_service
-from portal import runtime_settings
+from portal import matching, runtime_settings
+from portal.accounts import state
+from portal.accounts.sessions import open_imap
 from portal.extensions import db
-from portal.mail import parse, rawstore, rules
-from portal.mail.errors import classify_exception
+from portal.mail import parse, rules
+from portal.mail.errors import classify_exception, is_mail_fault
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
-from portal.models import (
-    Activity, CustomerPrimaryEmail, DealCustomer, Email, EmailSource, FolderCheckpoint, Mailbox, SyncRun,
-)
+from portal.mail.scan import scan_addresses
+from portal.models import Email, EmailSource, FolderCheckpoint, Mailbox, SyncRun
 from portal.queue import get_redis
-from portal.scheduling import backoff_delay, next_interval
+from portal.scheduling import next_interval
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -94,13 +90,13 @@ def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = Non
     orm = db.session()
     expire_on_commit, orm.expire_on_commit = orm.expire_on_commit, False
     try:
-        session = mailbox_service.open_session(mailbox)
+        session = open_imap(mailbox)
         MailboxSync(mailbox, run, session).sync()
         _finish_success(mailbox, run, session)
     except Exception as exc:
         db.session.rollback()
         _finish_failure(mailbox, run, session, exc)
-        if not _is_mail_fault(exc):
+        if not is_mail_fault(exc):
             raise  # a bug or a database fault: let RQ record it as failed too
     finally:
         orm.expire_on_commit = expire_on_commit
@@ -110,61 +106,29 @@ def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = Non
     return run
 
 
-def _is_mail_fault(exc: Exception) -> bool:
-    """Faults of the mail server or network: classified and recorded, the job ends cleanly."""
-    import imaplib
-    import socket
-    import ssl
-
-    from imapclient.exceptions import IMAPClientError
-
-    from portal.crypto import SecretError
-
-    return isinstance(exc, (imaplib.IMAP4.error, IMAPClientError, socket.error, ssl.SSLError, EOFError,
-                            TimeoutError, SecretError)) or getattr(exc, "classified", None) is not None
-
-
 def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession) -> None:
     db.session.refresh(mailbox)  # its owner may have disconnected it, or support changed it, meanwhile
-    now = utcnow()
     run.status = "succeeded"
-    run.finished_at = run.heartbeat_at = now
+    run.finished_at = run.heartbeat_at = utcnow()
     run.imap_commands = session.commands
     run.phase = None
-    mailbox.last_sync_at = mailbox.last_success_at = now
-    mailbox.consecutive_failures = 0
-    if mailbox.state == "pending" or mailbox.reason:
-        mailbox_service.set_state(mailbox, "active")
-    mailbox.next_sync_at = now + _interval(mailbox)
+    state.mark_synced(mailbox, _interval(mailbox))
     db.session.commit()
 
 
 def _finish_failure(mailbox: Mailbox, run: SyncRun, session: ImapSession | None, exc: Exception) -> None:
     classified = classify_exception(exc)
-    if not _is_mail_fault(exc):
+    if not is_mail_fault(exc):
         classified = type(classified)(reason="internal_error", refusal=False,
                                       detail=f"{type(exc).__name__}: {exc}"[:2000], retry_after=None)
     mailbox = db.session.get(Mailbox, mailbox.id)
     run = db.session.get(SyncRun, run.id)
-    now = utcnow()
     run.status = "failed"
-    run.finished_at = run.heartbeat_at = now
+    run.finished_at = run.heartbeat_at = utcnow()
     run.error_class = classified.reason
     run.error_detail = classified.detail
     run.imap_commands = session.commands if session else run.imap_commands
-    mailbox.last_sync_at = now
-    if mailbox.state not in ("pending", "active"):
-        db.session.commit()  # disconnected while we ran: leave it as it is
-        return
-    threshold = runtime_settings.get("problematic_after_failures")
-    if classified.reason != "throttled":  # throttling is never Problematic by itself
-        mailbox.consecutive_failures += 1
-    if classified.refusal or mailbox.consecutive_failures >= threshold:
-        mailbox_service.set_state(mailbox, "problematic", reason=classified.reason, detail=classified.detail)
-    else:
-        mailbox.reason, mailbox.detail = classified.reason, classified.detail  # shown as "retrying"
-        mailbox.next_sync_at = now + backoff_delay(max(mailbox.consecutive_failures, 1),
-                                                   retry_after=classified.retry_after)
+    state.record_failure(mailbox, classified)
     db.session.commit()
 
 
@@ -197,10 +161,10 @@ class MailboxSync:
     def __init__(self, mailbox: Mailbox, run: SyncRun, session: ImapSession):
         self.mailbox, self.run, self.session = mailbox, run, session
         self.config = current_app.config
-        self.internal = mailbox_service.internal_addresses()
-        self.own = owner_addresses(mailbox)  # decide the direction (rules.message_direction)
+        self.internal = matching.internal_addresses()
+        self.own = matching.owner_addresses(mailbox)  # decide the direction (rules.message_direction)
         self.redis = get_redis()
-        self.postgresql = _dialect() == "postgresql"
+        self.postgresql = matching.dialect() == "postgresql"
 
     # -- orchestration --------------------------------------------------------------------
     def sync(self) -> None:
@@ -323,7 +287,7 @@ class MailboxSync:
                      fetched_bodies: dict[int, bytes]) -> None:
         ignored = dict(self.run.ignored or {})
         pending: list[_Pending] = []
-        in_window = [r for r in records if not outside_window(self.mailbox, r)]
+        in_window = [r for r in records if not matching.outside_window(self.mailbox, r)]
         self.run.seen += len(records)  # once per batch: each ORM attribute write costs
         self.run.bytes_fetched += sum(len(r.header) for r in records)
         if len(in_window) < len(records):
@@ -335,7 +299,7 @@ class MailboxSync:
         tokens: dict[int, set[str]] = {}
         unusual: set[int] = set()
         for record in in_window:
-            tokens[record.uid], odd = _scan(record.header)
+            tokens[record.uid], odd = scan_addresses(record.header)
             if odd:
                 unusual.add(record.uid)
         primaries, deals = self._crm_for(set().union(*tokens.values()) if tokens else set())
@@ -345,7 +309,8 @@ class MailboxSync:
             if tokens[record.uid] & customer_addresses or record.uid in unusual:
                 candidates.append((record, parse.parse_headers(record.header)))
             else:
-                reason = self._reason_without_customer(record, tokens[record.uid])
+                reason = rules.reason_without_customer(record.flags, tokens[record.uid], self.mailbox.address,
+                                                       self.internal)
                 ignored[reason] = ignored.get(reason, 0) + 1
         hidden = set().union(*(h.all_addresses() for _, h in candidates)) - set().union(*tokens.values()) \
             if candidates else set()
@@ -354,7 +319,7 @@ class MailboxSync:
             primaries, deals = primaries + more, deals + more_deals
         for record, headers in candidates:
             decision = rules.decide(
-                message_facts(headers, record, folder), mailbox_address=self.mailbox.address,
+                matching.message_facts(headers, record, folder), mailbox_address=self.mailbox.address,
                 internal_addresses=self.internal, primary_addresses=primaries, deals=deals,
                 own_addresses=self.own,
             )
@@ -382,16 +347,8 @@ class MailboxSync:
         except Exception as exc:  # a message we cannot read is recorded and skipped
             self._bad(folder, item.record.uid, f"{type(exc).__name__}: {exc}")
 
-    def _reason_without_customer(self, record: HeaderRecord, tokens: set[str]) -> str:
-        """The reason rules.decide gives a message that names no customer (same order)."""
-        if "\\Draft" in record.flags:
-            return "draft_flag"
-        if (tokens & self.internal) - {self.mailbox.address}:
-            return "internal"
-        return "no_customer"
-
     def _crm_for(self, addresses: set[str]):
-        return crm_facts_for(addresses)
+        return matching.crm_facts_for(addresses)
 
     def _known_emails(self, keys: set[str]) -> dict[str, Email]:
         if not keys:
@@ -435,43 +392,21 @@ class MailboxSync:
         if not source_exists:
             db.session.add(EmailSource(email=email, mailbox_id=self.mailbox.id, folder=folder.name,
                                        uidvalidity=cp.uidvalidity, uid=item.record.uid))
-        have = {a.customer_id for a in email.activities}  # in memory for an email new in this batch
         if item.decision.matches and item.decision.matches[0].direction == "out":
             # Seen first in another folder (INBOX) and now in this mailbox's Sent folder: the
             # mailbox sent it, so it is "out" on every customer this mailbox logged it on.
             for activity in email.activities:
                 if activity.mailbox_id == self.mailbox.id and activity.direction != "out":
                     activity.direction = "out"
-        for match in item.decision.matches:
-            if match.customer_id in have:
-                continue
-            email.activities.append(Activity(
-                customer_id=match.customer_id, mailbox_id=self.mailbox.id, direction=match.direction,
-                matched_field=match.field, matched_address=match.address, deal_id=match.deal_id,
-                email_date=email.date or email.internal_date,
-            ))
-            have.add(match.customer_id)
+        matching.log_on_customers(email, item.decision.matches, self.mailbox.id)
 
     def _new_email(self, item: _Pending) -> Email:
         # The header fields come from the server's header extract the rules decided on, not
         # from a second parse of the same lines: a malformed header line can stop the
         # whole-message parse early, losing headers the extract still has.
         parsed = parse.parse_message(item.raw, headers=item.headers)
-        first_from = parsed.from_[0] if parsed.from_ else None
-        email = Email(
-            dedupe_key=item.key, message_id=_clip(parsed.message_id, 998), subject=parsed.subject,
-            from_addr=_clip(first_from.address, 320) if first_from else None,
-            from_name=_clip(first_from.name, 500) if first_from else None,
-            to_addrs=[{"name": a.name, "address": a.address} for a in parsed.to],
-            cc_addrs=[{"name": a.name, "address": a.address} for a in parsed.cc],
-            date=parsed.date, internal_date=item.record.internal_date,
-            text_body=parsed.text_body, html_body=parsed.html_body, attachments=parsed.attachments,
-            raw_packed=rawstore.pack(item.raw), size=len(item.raw),
-            parse_defects=parsed.defects or None,
-        )
         self.run.bytes_fetched += len(item.raw)
-        db.session.add(email)
-        return email
+        return matching.new_email(parsed, item.raw, key=item.key, internal_date=item.record.internal_date)
 
     def _bad(self, folder: Folder, uid: int, reason: str) -> None:
         self.run.bad_messages += 1
@@ -480,124 +415,3 @@ class MailboxSync:
             entries.append({"folder": folder.name, "uid": uid, "reason": reason[:500]})
         self.run.bad_message_log = entries
         log.warning("mailbox %s %s UID %s not stored: %s", self.mailbox.id, folder.name, uid, reason)
-
-
-_ADDRESS_TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\x80-\xff-]+@[A-Za-z0-9\x80-\xff-]+(?:\.[A-Za-z0-9\x80-\xff-]+)+")
-# A Message-ID looks like an address but names nobody: its line (and folded continuation
-# lines) is left out of the scan, which halves the addresses looked up per batch.
-_MESSAGE_ID_FIELD = re.compile(rb"^message-id:[^\n]*(?:\n[ \t][^\n]*)*", re.IGNORECASE | re.MULTILINE)
-
-
-def _scan(header: bytes) -> tuple[set[str], bool]:
-    """(everything shaped like an address in the header extract but its Message-ID, whether
-    the message must be parsed in full anyway). The second is true where the scan may not
-    see what the parser sees: an @ outside the tokens found (quoted local parts, dotless
-    domains, obsolete route or spaced syntax), escapes, encoded words it cannot decode,
-    8-bit bytes that are not UTF-8 (the parser reads them in another charset). Encoded words
-    are decoded first: a mailer may write a whole "Name <address>" as one."""
-    text = _MESSAGE_ID_FIELD.sub(b"", header)
-    odd = False
-    if b"=?" in text:
-        text, odd = _decode_encoded_words(text)
-    found = _ADDRESS_TOKEN.findall(text)
-    unusual = odd or len(found) != text.count(b"@") or b"\\" in text
-    tokens = set()
-    for token in found:
-        try:
-            tokens.add(token.decode("utf-8").lower().strip("."))
-        except UnicodeDecodeError:
-            unusual = True
-    return tokens, unusual
-
-
-_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-# Charsets whose bytes for ASCII are ASCII: an @ or an address reads the same in them.
-_ASCII_SUPERSETS = re.compile(rb"(?:us-ascii|utf-8|iso-8859-\d+|windows-125\d|cp125\d|koi8-[ru]|latin\d?)(?:\*.*)?",
-                              re.IGNORECASE)
-
-
-def _decode_encoded_words(text: bytes) -> tuple[bytes, bool]:
-    """The header with its RFC 2047 encoded words decoded to their bytes, and whether one
-    could not be (an unknown or ASCII-incompatible charset, broken base64)."""
-    failed = False
-
-    def decode(match: re.Match) -> bytes:
-        nonlocal failed
-        charset, kind, payload = match.groups()
-        if not _ASCII_SUPERSETS.fullmatch(charset):
-            failed = True
-            return match.group(0)
-        try:
-            if kind in b"bB":
-                return binascii.a2b_base64(payload + b"=" * (-len(payload) % 4))
-            return binascii.a2b_qp(payload.replace(b"_", b" "), header=True)
-        except (binascii.Error, ValueError):
-            failed = True
-            return match.group(0)
-
-    return _ENCODED_WORD.sub(decode, text), failed
-
-
-def _clip(value: str | None, length: int) -> str | None:
-    """Values longer than their column (a 600-character display name is real mail) are cut,
-    not refused: PostgreSQL would fail the whole batch on them."""
-    return value[:length] if value and len(value) > length else value
-
-
-def message_facts(headers: parse.ParsedHeaders, record: HeaderRecord, folder: Folder) -> rules.MessageFacts:
-    """The facts the rules decide a message on (the sync and the why-check build them here)."""
-    return rules.MessageFacts(
-        from_=tuple(a.address for a in headers.from_), to=tuple(a.address for a in headers.to),
-        cc=tuple(a.address for a in headers.cc), when=record.internal_date, flags=record.flags,
-        folder_special_use=folder.special_use,
-    )
-
-
-# -- for the support page "why was / wasn't this email logged?" (portal/diagnose.py) ------------
-def owner_addresses(mailbox: Mailbox) -> frozenset[str]:
-    """The addresses of every mailbox of this mailbox's owner, whatever its state (itself
-    included): an email from any of them is "out" (rules.message_direction)."""
-    return frozenset(db.session.scalars(
-        select(Mailbox.address).where(Mailbox.user_id == mailbox.user_id)).all()) | {mailbox.address}
-
-
-def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list[rules.DealMembership]]:
-    """Primary address history entries and deal memberships for these addresses: what the
-    rules compare a message with (the sync and the support page's why-check both use it)."""
-    if not addresses:
-        return [], []
-    rows = db.session.execute(
-        select(CustomerPrimaryEmail.customer_id, CustomerPrimaryEmail.address,
-               CustomerPrimaryEmail.since, CustomerPrimaryEmail.until)
-        .where(_one_of(CustomerPrimaryEmail.address, sorted(addresses)))
-    ).all()
-    primaries = [rules.PrimaryAddress(customer_id=r[0], address=r[1], since=r[2], until=r[3]) for r in rows]
-    customer_ids = {p.customer_id for p in primaries}
-    deals = []
-    if customer_ids:
-        deals = [rules.DealMembership(deal_id=d, customer_id=c, role=role) for d, c, role in db.session.execute(
-            select(DealCustomer.deal_id, DealCustomer.customer_id, DealCustomer.role)
-            .where(DealCustomer.customer_id.in_(sorted(customer_ids)))).all()]
-    return primaries, deals
-
-
-def _dialect() -> str:
-    return db.session.get_bind().dialect.name
-
-
-def _one_of(column, values: list[str]):
-    """`column IN (values)` with the values in one bound parameter, not one each: a
-    back-fill batch looks up about a thousand addresses, and expanding a thousand bind
-    parameters cost SQLAlchemy more than the database's lookups (bench/sync.py)."""
-    dialect = _dialect()
-    if dialect == "sqlite":
-        listed = func.json_each(json.dumps(values)).table_valued("value")
-        return column.in_(select(listed.c.value))
-    if dialect == "postgresql":
-        return column == any_(bindparam("values", values, type_=ARRAY(String)))
-    return column.in_(values)
-
-
-def outside_window(mailbox: Mailbox, record: HeaderRecord) -> bool:
-    """True when the sync skips the message as older than the mailbox's back-fill window."""
-    return mailbox.backfill_since is not None and record.internal_date < mailbox.backfill_since

@@ -192,7 +192,7 @@ def seed(app, dovecot, smtp) -> None:
 
 def relink(app, dovecot, smtp) -> None:
     """Link (or, after a restart on new ports, re-point) the reps' mailboxes."""
-    from portal import mailboxes as service
+    from portal.accounts import linking as service
     from portal.extensions import db
     from portal.models import Mailbox, User
     from portal.queue import enqueue_sync

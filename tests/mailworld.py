@@ -6,7 +6,7 @@ from rq import SimpleWorker
 from sqlalchemy import select
 
 from devservers import make_message
-from portal import mailboxes as service
+from portal.accounts import linking as service
 from portal.extensions import db
 from portal.models import Activity, Customer, Email, EmailSource, Mailbox
 from portal.queue import QUEUES, get_queue, get_redis

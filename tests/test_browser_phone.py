@@ -20,7 +20,8 @@ from playwright.sync_api import Page, expect
 
 from devservers import OUTLOOK
 from portal import crm
-from portal import send as send_service
+from portal.sending.accept import accept
+from portal.sending.checks import Draft
 from portal.extensions import db
 from portal.models import Email, Mailbox
 from portal.timeutil import utcnow
@@ -104,10 +105,9 @@ def demo(app, mail, world) -> Demo:
     box = db.session.get(Mailbox, box.id)
     box.smtp_host, box.smtp_port, box.smtp_security = "127.0.0.1", 2525, "none"  # never reached: nobody sends
     db.session.commit()
-    with app.test_request_context():  # the send checks build links to the rep's pages
-        outgoing, _ = send_service.accept(rep, customer, send_service.Draft(
-            mailbox_id=box.id, subject="Návrh termínu podpisu kupní smlouvy u notáře JUDr. Šťastného v Praze 6",
-            body="Dobrý den, navrhuji pondělí 10:00."))
+    outgoing, _ = accept(rep, customer, Draft(
+        mailbox_id=box.id, subject="Návrh termínu podpisu kupní smlouvy u notáře JUDr. Šťastného v Praze 6",
+        body="Dobrý den, navrhuji pondělí 10:00."), accounts_url="/mailboxes")
     db.session.commit()
 
     now = utcnow()

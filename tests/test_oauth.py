@@ -15,8 +15,9 @@ import requests
 from sqlalchemy import select, text
 
 from devservers import GMAIL, OUTLOOK
-from portal import oauth
-from portal import mailboxes as mailbox_service
+from portal.accounts import linking
+from portal.accounts.oauth import failures, providers, tokens
+from portal.accounts.sessions import open_smtp
 from portal.extensions import db
 from portal.models import AuditEvent, FolderCheckpoint, Mailbox
 from portal.timeutil import utcnow
@@ -66,11 +67,11 @@ def test_connect_outlook_from_the_page_to_mail_synced_over_xoauth2(ow, customers
     box = ow.mailbox_of(address)
     assert (box.user_id, box.connected_by_id, box.provider, box.login) == (rep.id, rep.id, "microsoft", address)
     assert (box.imap_host, box.imap_security, box.smtp_host) == ("127.0.0.1", "ssl", "127.0.0.1")
-    assert oauth.missing_scopes("microsoft", box.scopes_granted) == []
+    assert providers.missing_scopes("microsoft", box.scopes_granted) == []
     assert set(box.scopes_granted) >= {IMAP_SCOPE, SMTP_SCOPE, "openid", "email", "profile", "offline_access"}
     asked = ow.flavour("microsoft").authorizations[-1]["params"]
     assert asked["code_challenge_method"] == "S256" and asked["code_challenge"] and asked["nonce"]
-    assert set(asked["scope"].split()) == set(oauth.REQUIRED_SCOPES["microsoft"])
+    assert set(asked["scope"].split()) == set(providers.REQUIRED_SCOPES["microsoft"])
 
     ow.mail.work()  # the callback queued the first back-fill
     db.session.expire_all()
@@ -92,7 +93,7 @@ def test_connect_google_from_the_page_to_mail_synced_over_xoauth2(ow, customers)
     assert r.status_code == 302
     box = ow.mailbox_of(address)
     assert (box.user_id, box.provider) == (rep.id, "google")
-    assert GMAIL in box.scopes_granted and oauth.missing_scopes("google", box.scopes_granted) == []
+    assert GMAIL in box.scopes_granted and providers.missing_scopes("google", box.scopes_granted) == []
     asked = ow.flavour("google").authorizations[-1]["params"]
     assert (asked["access_type"], asked["prompt"], asked["code_challenge_method"]) == ("offline", "consent", "S256")
     assert ow.tokens(box)["refresh_token"]
@@ -177,7 +178,7 @@ def test_one_refresh_at_a_time_per_mailbox_across_workers(ow, app):
             try:
                 mailbox = db.session.get(Mailbox, box_id)
                 barrier.wait(5)
-                results.append(oauth.access_token_for(mailbox))
+                results.append(tokens.access_token_for(mailbox))
             except Exception as exc:  # reported below
                 errors.append(exc)
             finally:
@@ -370,7 +371,7 @@ def test_wrong_client_secret_makes_every_mailbox_of_that_app_problematic(ow, cus
     ow.app.config["EIS_MICROSOFT_CLIENT_SECRET"] = "a-wrong-secret"
     ow.make_due(box_a)
 
-    with caplog.at_level(logging.CRITICAL, logger="portal.oauth"):
+    with caplog.at_level(logging.CRITICAL, logger="portal.accounts.oauth.tokens"):
         run = ow.sync(box_a)
 
     assert run.error_class == "app_credentials_invalid"
@@ -393,7 +394,7 @@ def test_expired_client_secret_refuses_the_connect_and_alerts_operators(ow, capl
     address = ow.address("expsecret")
     ow.flavour("microsoft").reject_client_secret("expired_secret")
     try:
-        with caplog.at_level(logging.CRITICAL, logger="portal.oauth"):
+        with caplog.at_level(logging.CRITICAL, logger="portal.accounts.oauth.tokens"):
             ow.connect(client, "microsoft", address)
     finally:
         ow.flavour("microsoft").accept_client_secret()
@@ -435,7 +436,7 @@ def test_delete_then_connect_again_backfills_without_duplicates(ow, customers):
     ow.connect(client, "google", address)
     ow.mail.work()
     first = ow.mailbox_of(address)
-    mailbox_service.disconnect(first, rep)
+    linking.disconnect(first, rep)
     db.session.commit()
     ow.mail.put(address, from_="dvorak@client.test", to=address, subject="Three")
 
@@ -544,8 +545,6 @@ def test_a_declined_consent_at_the_provider_is_explained(ow):
 # --- sending over SMTP with XOAUTH2 -----------------------------------------------------------------------
 
 def test_send_over_smtp_with_xoauth2_against_a_real_smtp_server(ow):
-    from portal.send import open_smtp
-
     _, client = ow.rep("sender")
     address = ow.address("sender")
     ow.connect(client, "microsoft", address)
@@ -553,11 +552,8 @@ def test_send_over_smtp_with_xoauth2_against_a_real_smtp_server(ow):
     ow.sink.clear()
     ow.flavour("microsoft").expire_access_tokens(address)  # the first AUTH is refused: refresh once
 
-    smtp = open_smtp(box)
-    try:
-        smtp.sendmail(address, ["dvorak@client.test"], b"Subject: Hello\r\n\r\nOver XOAUTH2\r\n")
-    finally:
-        smtp.quit()
+    with open_smtp(box) as smtp:
+        smtp.send(address, ["dvorak@client.test"], b"Subject: Hello\r\n\r\nOver XOAUTH2\r\n")
 
     assert ("XOAUTH2", address) in ow.sink.logins
     assert ow.sink.wait_for(1)[0][:2] == (address, ["dvorak@client.test"])
@@ -567,10 +563,11 @@ def test_send_over_smtp_with_xoauth2_against_a_real_smtp_server(ow):
 def test_smtp_xoauth2_refusal_keeps_the_servers_json_error(ow):
     import smtplib
 
-    with smtplib.SMTP("127.0.0.1", ow.sink.port, timeout=10) as smtp:
-        smtp.ehlo()
+    from portal.mail.smtp import SmtpSession
+
+    with SmtpSession("127.0.0.1", ow.sink.port, "none", timeout=10) as smtp:
         with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
-            oauth.smtp_xoauth2_login(smtp, "nobody@agency.test", "not-a-token")
+            smtp.login_xoauth2("nobody@agency.test", "not-a-token")
     assert caught.value.smtp_code == 535
     assert b'"status":"400"' in caught.value.smtp_error
 
@@ -583,7 +580,7 @@ def test_imap_xoauth2_refusal_keeps_the_servers_json_error(ow):
 
     with ImapSession("127.0.0.1", ow.dovecot.imap_port, "none") as session:
         with pytest.raises(LoginError) as caught:
-            oauth.imap_xoauth2_login(session, ow.address("json"), "not-a-token")
+            session.login_xoauth2(ow.address("json"), "not-a-token")
     assert "[AUTHENTICATIONFAILED]" in str(caught.value) and '"status":"401"' in str(caught.value)
     assert classify_exception(caught.value).reason == "auth_failed"
 
@@ -605,29 +602,29 @@ def test_imap_xoauth2_refusal_keeps_the_servers_json_error(ow):
     ("server_error", "AADSTS90033: A transient error has occurred.", "server_unreachable"),
 ])
 def test_oauth_errors_map_to_the_design_reasons(error, description, reason):
-    classified = oauth.classify_oauth_error(error, description)
+    classified = failures.classify_oauth_error(error, description)
     assert classified.reason == reason
     assert classified.refusal == (reason not in ("server_unreachable",))
     assert error in classified.detail
 
 
 def _provider(name):
-    return oauth.Provider(name=name, label="", title=name, client_id="c", client_secret="s", metadata_url="",
-                          scopes=oauth.REQUIRED_SCOPES[name], authorize_params={}, imap_host="", imap_port=993,
+    return providers.Provider(name=name, label="", title=name, client_id="c", client_secret="s", metadata_url="",
+                          scopes=providers.REQUIRED_SCOPES[name], authorize_params={}, imap_host="", imap_port=993,
                           imap_security="ssl", smtp_host="", smtp_port=587, smtp_security="starttls")
 
 
 def test_microsoft_scopes_not_written_back_count_when_the_tokens_show_them():
     token = {"scope": f"{IMAP_SCOPE} {SMTP_SCOPE}", "id_token": "x", "refresh_token": "r"}
-    granted = oauth.granted_scopes(_provider("microsoft"), token)
-    assert oauth.missing_scopes("microsoft", granted) == []
+    granted = providers.granted_scopes(_provider("microsoft"), token)
+    assert providers.missing_scopes("microsoft", granted) == []
     # At refresh there is no ID token: what was granted before still counts.
-    refreshed = oauth.granted_scopes(_provider("microsoft"), {"scope": IMAP_SCOPE, "refresh_token": "r2"}, granted)
-    assert oauth.missing_scopes("microsoft", refreshed) == [SMTP_SCOPE]
+    refreshed = providers.granted_scopes(_provider("microsoft"), {"scope": IMAP_SCOPE, "refresh_token": "r2"}, granted)
+    assert providers.missing_scopes("microsoft", refreshed) == [SMTP_SCOPE]
 
 
 def test_google_long_scope_names_count_as_the_short_ones():
     token = {"scope": "https://mail.google.com/ openid https://www.googleapis.com/auth/userinfo.email "
                       "https://www.googleapis.com/auth/userinfo.profile"}
-    assert oauth.missing_scopes("google", oauth.granted_scopes(_provider("google"), token)) == []
-    assert oauth.missing_scopes("google", ["openid", "email", "profile"]) == [GMAIL]
+    assert providers.missing_scopes("google", providers.granted_scopes(_provider("google"), token)) == []
+    assert providers.missing_scopes("google", ["openid", "email", "profile"]) == [GMAIL]

@@ -11,7 +11,7 @@ from rq import SimpleWorker, Worker
 from sqlalchemy import event, func, insert, select
 
 from portal import crypto, diagnose
-from portal import mailboxes as service
+from portal.accounts import linking, sessions
 from portal.extensions import db
 from portal.models import (
     Activity, AuditEvent, Email, EmailSource, FolderCheckpoint, Mailbox, MailboxStateChange, Setting, SyncRun, User,
@@ -382,7 +382,7 @@ def test_why_an_imap_failure_is_shown_classified_never_a_500(mail, world):
     assert "AUTHENTICATIONFAILED" in body and "imap-pass-1" not in body
     result = diagnose.why(db.session.get(Mailbox, box.id), "x")
     assert result.error.reason == "auth_failed"
-    service.disconnect(db.session.get(Mailbox, box.id), None)
+    linking.disconnect(db.session.get(Mailbox, box.id), None)
     db.session.commit()
     assert "disconnected" in text(client.get(f"/support/mailboxes/{box.id}/why?q=x"))
 
@@ -393,7 +393,7 @@ def test_why_goes_on_when_the_server_refuses_one_folder(mail, team):
     mail.put(box.address, from_="dvorak@client.test", to=box.address, subject="Still found")
 
     def connect(mailbox):  # the folder disappears between LIST and STATUS, as when a rep deletes it
-        session = service.open_session(mailbox)
+        session = sessions.open_imap(mailbox)
         listed = session.list_folders
 
         def list_then_delete():

@@ -113,7 +113,7 @@ def test_run_that_stopped_heart_beating_is_failed_and_its_lock_released(world):
 
 def test_imap_that_never_answers_times_out(app, world):
     """Every IMAP socket has a time-out: a server that accepts and then says nothing."""
-    from portal import mailboxes as service
+    from portal.accounts import linking as service
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -134,7 +134,7 @@ def test_sent_folder_makes_it_outgoing_even_from_an_alias(mail, team, world):
 
 def test_email_with_a_disconnected_colleague_is_still_internal(mail, team, world):
     _, box, colleague = team
-    from portal import mailboxes as service
+    from portal.accounts import linking as service
 
     other = db.session.query(Mailbox).filter_by(address=colleague).one()
     service.disconnect(other, other.owner)
@@ -264,7 +264,7 @@ def test_reconnect_with_the_new_password_keeps_checkpoints_no_gap_no_duplicate(m
 
 def test_delete_and_connect_again_backfills_without_duplicates(mail, team):
     rep, box, _ = team
-    from portal import mailboxes as service
+    from portal.accounts import linking as service
 
     mail.put(box.address, from_="dvorak@client.test", to=box.address, subject="Kept")
     mail.sync(box)

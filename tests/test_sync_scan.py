@@ -6,7 +6,7 @@ import pytest
 
 from portal.mail import parse
 from portal.mail.imap import uid_set
-from portal.sync import _scan
+from portal.mail.scan import scan_addresses as _scan
 from tests import corpus
 
 

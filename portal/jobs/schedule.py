@@ -11,11 +11,16 @@ import uuid
 from datetime import timedelta
 
 from flask import Flask
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from sqlalchemy import or_, select
 
+from portal.accounts import state
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
 from portal.queue import enqueue_sync, get_redis
+from portal.sync import release_lock_of_run
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -66,13 +71,13 @@ def enqueue_due(now=None) -> int:
     now = now or utcnow()
     due = db.session.scalars(
         select(Mailbox).where(
-            Mailbox.state.in_(("pending", "active")),
+            Mailbox.state.in_(state.SYNCABLE),
             or_(Mailbox.next_sync_at.is_(None), Mailbox.next_sync_at <= now),
         ).order_by(Mailbox.next_sync_at.asc().nulls_first()).limit(BATCH)
     ).all()
     count = 0
     for mailbox in due:
-        trigger = "backfill" if mailbox.state == "pending" else "scheduled"
+        trigger = "backfill" if mailbox.state == state.PENDING else "scheduled"
         _job, created = enqueue_sync(mailbox.id, trigger)
         count += int(created)
         # Provisional: the run sets the real next time when it ends. This keeps a mailbox
@@ -84,8 +89,6 @@ def enqueue_due(now=None) -> int:
 
 def recover_stale_runs(stale_seconds: int, now=None) -> int:
     """Runs whose worker stopped heart-beating are marked failed and their lock released."""
-    from portal.sync import release_lock_of_run
-
     now = now or utcnow()
     stale = db.session.scalars(
         select(SyncRun).where(SyncRun.status == "running",
@@ -108,10 +111,6 @@ def _fail_dead_job(job_id: str | None) -> None:
     later); until then the mailbox could not be queued again. Take it out now."""
     if not job_id:
         return
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-    from rq.registry import StartedJobRegistry
-
     redis = get_redis()
     try:
         job = Job.fetch(job_id, connection=redis)
@@ -123,7 +122,7 @@ def _fail_dead_job(job_id: str | None) -> None:
 
 
 def _scheduler_process_main() -> None:
-    from portal import create_app
+    from portal import create_app  # in the spawned process only: the package imports this module
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()

@@ -3,7 +3,8 @@ import logging
 
 from rq import get_current_job
 
-from portal.jobs import app_context
+from portal.jobs.context import app_context
+from portal.sync import AlreadyRunning, run_sync
 
 log = logging.getLogger(__name__)
 
@@ -11,8 +12,6 @@ log = logging.getLogger(__name__)
 def sync_mailbox(mailbox_id: int, trigger: str = "scheduled", requested_by_id: int | None = None) -> dict:
     """Sync one mailbox. Mail-server faults are recorded on the run and the mailbox and the
     job ends; anything else (a bug, the database down) raises so RQ marks the job failed."""
-    from portal.sync import AlreadyRunning, run_sync
-
     job = get_current_job()
     with app_context():
         try:

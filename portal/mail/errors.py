@@ -173,6 +173,18 @@ def classify_exception(exc: BaseException) -> Classified:
     return _classified(_reason_of_exception(exc, depth=0), detail)
 
 
+def is_mail_fault(exc: BaseException) -> bool:
+    """A fault of the mail server, the network or the account (as opposed to a bug): IMAP and
+    SMTP errors, sockets, TLS, time-outs, an exception that carries its classification, or one
+    that says it is (`mail_fault = True`: unreadable stored credentials, no SMTP server set).
+    These are classified and recorded, and a job ends cleanly; anything else is raised."""
+    known: tuple[type[BaseException], ...] = (imaplib.IMAP4.error, smtplib.SMTPException, OSError, EOFError)
+    if _imapclient_exceptions is not None:
+        known += (_imapclient_exceptions.IMAPClientError,)
+    return isinstance(exc, known) or getattr(exc, "classified", None) is not None \
+        or getattr(exc, "mail_fault", False) is True
+
+
 def plain_words(reason: str) -> str:
     """One sentence saying what went wrong, for reps and support."""
     return _PLAIN_WORDS.get(

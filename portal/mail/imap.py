@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
+
+from portal.mail.xoauth2 import Xoauth2
 
 SKIP_SPECIAL_USE = {"\\Drafts", "\\Junk", "\\Trash"}
 SPECIAL_USE = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
@@ -100,18 +103,15 @@ class ImapSession:
         self.client.login(login, password)
 
     def login_xoauth2(self, user: str, access_token: str) -> None:
-        """XOAUTH2 through sasl_login, which keeps the server's JSON error (oauth2_login
-        resends the credentials after a failed challenge and loses it)."""
-        initial = f"user={user}\x01auth=Bearer {access_token}\x01\x01"
-        state = {"sent": False}
-
-        def mech(challenge: bytes) -> bytes:
-            if not state["sent"]:
-                state["sent"] = True
-                return initial.encode()
-            return b""  # acknowledge the server's error JSON; it then answers NO with its words
-
-        self.client.sasl_login("XOAUTH2", mech)
+        """AUTHENTICATE XOAUTH2 through sasl_login; a refusal keeps the server's JSON error
+        in the exception's words (see xoauth2.py)."""
+        exchange = Xoauth2(user, access_token)
+        try:
+            self.client.sasl_login("XOAUTH2", lambda challenge: exchange.answer(challenge).encode())
+        except LoginError as exc:
+            if exchange.error:
+                raise LoginError(f"{exc} {exchange.error}") from None
+            raise
 
     # -- folders --------------------------------------------------------------------------
     def capabilities(self) -> set[str]:
@@ -139,6 +139,13 @@ class ImapSession:
     def select(self, folder: str) -> None:
         self.client.select_folder(folder, readonly=True)
 
+    def append(self, folder: str, raw: bytes, *, flags: tuple[str, ...] = (), when: datetime | None = None,
+               create: bool = False) -> None:
+        """APPEND a message (creating the folder first when asked and it is missing)."""
+        if create and not self.client.folder_exists(folder):
+            self.client.create_folder(folder)
+        self.client.append(folder, raw, flags=[f.encode() for f in flags], msg_time=when)
+
     # -- messages -------------------------------------------------------------------------
     def uids_since(self, day: date, below_uid: int | None = None) -> list[int]:
         criteria: list = ["SINCE", day]
@@ -147,6 +154,12 @@ class ImapSession:
                 return []
             criteria += ["UID", f"1:{below_uid - 1}"]
         return sorted(int(u) for u in self.client.search(criteria))
+
+    def newest_uids(self, messages: int, count: int) -> list[int]:
+        """The UIDs of the selected folder's newest `count` of its `messages`, however sparse
+        the UIDs are (a sequence set in SEARCH)."""
+        first = max(1, messages - count + 1)
+        return sorted(int(u) for u in self.client.search([f"{first}:*"]))[-count:]
 
     def uids_above(self, last_uid: int) -> list[int]:
         # `n:*` always returns the newest message even when its UID is below n: drop those.

@@ -143,6 +143,18 @@ def decide(
     )
 
 
+def reason_without_customer(flags: frozenset[str], addresses: set[str], mailbox_address: str,
+                            internal_addresses: frozenset[str]) -> str:
+    """The reason ``decide`` gives a message of a synced folder that names no customer, from
+    its flags and (a superset of) its addresses: the same rules in the same order, without
+    the explanations, because the sync asks it of most of a mailbox's mail."""
+    if any(flag.lower() == "\\draft" for flag in flags):
+        return "draft_flag"
+    if (addresses & internal_addresses) - {mailbox_address.lower()}:
+        return "internal"
+    return "no_customer"
+
+
 def _folder_rule(msg: MessageFacts) -> tuple[str | None, Verdict]:
     special_use = (msg.folder_special_use or "").lower()
     reason = _IGNORED_FOLDERS.get(special_use)

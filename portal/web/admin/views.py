@@ -11,7 +11,7 @@ from portal.models.mailboxes import PROVIDERS, STATES
 from portal.web.admin import bp
 from portal.web.admin.forms import SettingsForm
 from portal.web.admin.health import gather
-from portal.web.admin.resync import resync
+from portal.accounts.resync import resync
 from portal.web.roles import roles_required
 from portal.web.support.listing import (
     REASONS, MailboxFilters, mailbox_page, ops_page, page_number, state_counts,

@@ -1,7 +1,7 @@
 """Mailboxes: link with a password (tried first), list, disconnect, status and runs, sync now."""
 from flask import g
 
-from portal import mailboxes as service
+from portal.accounts import linking
 from portal.extensions import db
 from portal.models import Mailbox
 from portal.models.audit import record
@@ -59,13 +59,13 @@ def _security(data: dict, field: str) -> str:
     return value
 
 
-def _settings_from(data: dict) -> service.ImapSettings:
+def _settings_from(data: dict) -> linking.ImapSettings:
     check_fields(data, required={"address", "password", "imap_host", "imap_port", "imap_security"},
                  optional=MAILBOX_FIELDS)
     password = data.get("password")
     if not isinstance(password, str) or not password:
         raise ApiError(422, "invalid_field", "'password' must be a non-empty string.", field="password")
-    settings = service.ImapSettings(
+    settings = linking.ImapSettings(
         address=address(data["address"], "address"),
         login=string(data, "login", max_length=320) if data.get("login") else None,
         password=password,
@@ -84,8 +84,8 @@ def _settings_from(data: dict) -> service.ImapSettings:
 def link_mailbox():
     settings = _settings_from(json_body())
     try:
-        mailbox, reconnected = service.link_imap_mailbox(g.api_user, settings)
-    except service.LinkError as exc:
+        mailbox, reconnected = linking.link_imap_mailbox(g.api_user, settings)
+    except linking.LinkError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     db.session.commit()
     enqueue_sync(mailbox.id, "manual" if reconnected else "backfill", g.api_user.id)
@@ -102,7 +102,7 @@ def my_mailboxes():
 def delete_mailbox(mailbox_id: int):
     mailbox = _own_mailbox(mailbox_id)
     if mailbox.state != "disconnected":
-        service.disconnect(mailbox, g.api_user)
+        linking.disconnect(mailbox, g.api_user)
         db.session.commit()
     return mailbox_json(mailbox)
 

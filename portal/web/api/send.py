@@ -2,10 +2,11 @@
 import base64
 import binascii
 
-from flask import g, request
+from flask import g, request, url_for
 
 from portal import crm
-from portal import send as service
+from portal.sending.accept import MAX_KEY_LENGTH, accept
+from portal.sending import checks, compose, deliver
 from portal.extensions import db
 from portal.models import Customer, OutgoingEmail
 from portal.timeutil import isoformat
@@ -19,7 +20,7 @@ def outgoing_json(outgoing: OutgoingEmail) -> dict:
         "id": outgoing.id,
         "state": outgoing.state,
         "reason": outgoing.reason,
-        "reason_text": service.reason_words(outgoing.reason) or None,
+        "reason_text": deliver.reason_words(outgoing.reason) or None,
         "detail": outgoing.detail,
         "message_id": outgoing.message_id,
         "mailbox_id": outgoing.mailbox_id,
@@ -39,7 +40,7 @@ def outgoing_json(outgoing: OutgoingEmail) -> dict:
 def send_email(external: str):
     user = g.api_user
     if not user.can_see_activities:
-        _refuse(service.activities_not_permitted())
+        _refuse(checks.activities_not_permitted())
     data = json_body()
     check_fields(data, required=set(),
                  optional={"mailbox_id", "subject", "body", "cc", "idempotency_key", "attachments"})
@@ -47,13 +48,13 @@ def send_email(external: str):
     customer = crm.get_customer(external)
     if customer is None:
         raise ApiError(404, "not_found", f"No customer with external id {external!r}.")
-    draft = service.Draft(
+    draft = checks.Draft(
         mailbox_id=_mailbox_id(data), subject=_text(data, "subject"), body=_text(data, "body"),
         cc=_cc(data), attachments=_attachments(data),
     )
     try:
-        outgoing, created = service.accept(user, customer, draft, key)
-    except service.SendRefused as exc:
+        outgoing, created = accept(user, customer, draft, key, accounts_url=url_for("mailboxes.mine"))
+    except checks.SendRefused as exc:
         _refuse(exc.problems[0])
     return outgoing_json(outgoing), 202 if created else 200
 
@@ -67,7 +68,7 @@ def get_outgoing_email(outgoing_id: int):
     return outgoing_json(outgoing)
 
 
-def _refuse(problem: service.Problem):
+def _refuse(problem: checks.Problem):
     extra = dict(problem.extra)
     if problem.field:
         extra.setdefault("field", problem.field)
@@ -80,10 +81,10 @@ def _idempotency_key(data: dict) -> str | None:
         key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not isinstance(key, str) or not key.strip() or len(key.strip()) > service.MAX_KEY_LENGTH \
+    if not isinstance(key, str) or not key.strip() or len(key.strip()) > MAX_KEY_LENGTH \
             or not key.strip().isprintable():
         raise ApiError(422, "invalid_field",
-                       f"The idempotency key must be 1 to {service.MAX_KEY_LENGTH} printable characters.",
+                       f"The idempotency key must be 1 to {MAX_KEY_LENGTH} printable characters.",
                        field="idempotency_key")
     return key.strip()
 
@@ -117,7 +118,7 @@ def _cc(data: dict):
                    field="cc")
 
 
-def _attachments(data: dict) -> list[service.Attachment]:
+def _attachments(data: dict) -> list[checks.Attachment]:
     value = data.get("attachments")
     if value is None:
         return []
@@ -136,7 +137,7 @@ def _attachments(data: dict) -> list[service.Attachment]:
         except (binascii.Error, ValueError):
             raise ApiError(422, "invalid_field", f"attachments[{i}].content_base64 is not valid base64.",
                            field=f"attachments[{i}]") from None
-        filename = service.clean_filename(item["filename"])
-        found.append(service.Attachment(filename, service.content_type_of(filename, item.get("content_type")),
+        filename = compose.clean_filename(item["filename"])
+        found.append(checks.Attachment(filename, compose.content_type_of(filename, item.get("content_type")),
                                         content))
     return found

@@ -1,4 +1,9 @@
 """JSON shapes of the API; the OpenAPI document describes exactly these."""
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.models import OutgoingEmail
+from portal.sending.deliver import reason_words
 from portal.timeutil import isoformat
 
 
@@ -59,12 +64,6 @@ def outgoing_state_json(activity) -> dict | None:
     failed with a reason); None for email that was only synced."""
     if activity.direction != "out":
         return None
-    from sqlalchemy import select
-
-    from portal.extensions import db
-    from portal.models import OutgoingEmail
-    from portal.send import reason_words
-
     outgoing = db.session.scalar(select(OutgoingEmail).where(OutgoingEmail.email_id == activity.email_id)
                                  .order_by(OutgoingEmail.id).limit(1))
     if outgoing is None:

@@ -5,7 +5,7 @@ from wtforms import IntegerField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
 from portal.addresses import normalise_address
-from portal.mailboxes import ImapSettings
+from portal.accounts.linking import ImapSettings
 
 _SECURITY = (("ssl", "SSL/TLS"), ("starttls", "STARTTLS"), ("none", "None (unencrypted)"))
 try:  # WTForms 3.3 deprecates (value, label) tuples in favour of SelectChoice

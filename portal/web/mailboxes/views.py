@@ -7,7 +7,7 @@ from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
-from portal import mailboxes as service
+from portal.accounts import linking
 from portal.extensions import db, htmx
 from portal.models import Mailbox
 from portal.models.audit import record
@@ -91,8 +91,8 @@ def connect():
     if form.validate_on_submit():
         settings = form.settings_for(form.address.data)
         try:
-            mailbox, reconnected = service.link_imap_mailbox(current_user, settings)
-        except service.LinkError as exc:
+            mailbox, reconnected = linking.link_imap_mailbox(current_user, settings)
+        except linking.LinkError as exc:
             db.session.rollback()  # nothing saved
             link_error = exc
         else:
@@ -138,8 +138,8 @@ def reconnect(mailbox_id: int):
     link_error = None
     if mailbox.provider == "imap" and form.validate_on_submit():
         try:
-            mailbox, _ = service.link_imap_mailbox(current_user, form.settings_for(mailbox.address))
-        except service.LinkError as exc:
+            mailbox, _ = linking.link_imap_mailbox(current_user, form.settings_for(mailbox.address))
+        except linking.LinkError as exc:
             db.session.rollback()
             db.session.refresh(mailbox)
             link_error = exc
@@ -180,7 +180,7 @@ def delete(mailbox_id: int):
         return page_or_fragment("mailboxes/delete.html", "mailboxes/_mailbox.html",
                                 card=_card(mailbox, confirm_delete=True), mailbox=mailbox)
     if mailbox.state != "disconnected":
-        service.disconnect(mailbox, current_user)
+        linking.disconnect(mailbox, current_user)
         db.session.commit()
     return _fragment_or_redirect(
         mailbox, f"The connection to {mailbox.address} is deleted. Emails already logged stay on the customers' "

@@ -23,8 +23,10 @@ from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisError
 
-from portal import oauth
-from portal import mailboxes as mailbox_service
+from portal.accounts import linking, state
+from portal.accounts.oauth import flow as oauth_flow
+from portal.accounts.oauth.failures import OAuthFailure, classify_oauth_error
+from portal.accounts.oauth.providers import Provider, all_providers, get_provider
 from portal.extensions import db
 from portal.mail.errors import plain_words
 from portal.models import Mailbox
@@ -43,12 +45,12 @@ MAX_PENDING = 5
 
 @bp.app_template_global("oauth_providers")
 def _oauth_providers():
-    return oauth.all_providers()
+    return all_providers()
 
 
 @bp.app_template_global("oauth_provider")
 def _oauth_provider(name):
-    return oauth.get_provider(name)
+    return get_provider(name)
 
 
 def _start_signer() -> URLSafeTimedSerializer:
@@ -79,8 +81,8 @@ def _check_start_token(provider: str, mailbox_id: int | None) -> None:
         abort(redirect(_accounts_url()))
 
 
-def _provider_or_404(name: str) -> oauth.Provider:
-    provider = oauth.get_provider(name)
+def _provider_or_404(name: str) -> Provider:
+    provider = get_provider(name)
     if provider is None:
         abort(404, description="There is no such email provider.")
     return provider
@@ -92,7 +94,7 @@ def _accounts_url() -> str:
     return url_for("main.index")
 
 
-def _redirect_uri(provider: oauth.Provider) -> str:
+def _redirect_uri(provider: Provider) -> str:
     """The callback URL registered with the provider; EIS_OAUTH_REDIRECT_BASE_URL behind a proxy."""
     base = current_app.config.get("EIS_OAUTH_REDIRECT_BASE_URL")
     if base:
@@ -100,16 +102,16 @@ def _redirect_uri(provider: oauth.Provider) -> str:
     return url_for("oauth.callback", provider=provider.name, _external=True)
 
 
-def _not_configured(provider: oauth.Provider):
+def _not_configured(provider: Provider):
     flash(f"Connecting {provider.title} accounts is not configured on this server yet. Your CRM administrator "
           "can turn it on.", "error")
     return redirect(_accounts_url())
 
 
-def _begin(provider: oauth.Provider, mailbox: Mailbox | None = None):
+def _begin(provider: Provider, mailbox: Mailbox | None = None):
     try:
-        url, flow = oauth.begin_authorization(provider, current_user, _redirect_uri(provider), mailbox)
-    except oauth.OAuthFailure as exc:
+        url, flow = oauth_flow.begin_authorization(provider, current_user, _redirect_uri(provider), mailbox)
+    except OAuthFailure as exc:
         flash(f"{provider.title}'s sign-in service cannot be reached right now; please try again in a moment. "
               f"({exc.classified.detail})", "error")
         return redirect(_accounts_url())
@@ -141,7 +143,7 @@ def reconnect(provider: str, mailbox_id: int):
     # Only the owner: another user's mailbox is indistinguishable from a missing one.
     if mailbox is None or mailbox.user_id != current_user.id or mailbox.provider != p.name:
         abort(404, description="You have no such email account.")
-    if mailbox.state != "problematic":
+    if mailbox.state != state.PROBLEMATIC:
         flash(f"{mailbox.address} is {mailbox.state}, not Problematic: there is nothing to reconnect.", "info")
         return redirect(_accounts_url())
     if not p.configured:
@@ -154,28 +156,28 @@ def reconnect(provider: str, mailbox_id: int):
 @roles_required(*ALL_ROLES)
 def callback(provider: str):
     p = _provider_or_404(provider)
-    state = request.args.get("state", "")
+    flow_state = request.args.get("state", "")
     pending = session.get(SESSION_KEY) or []
     try:
-        flow = oauth.take_flow(state, p.name, current_user, in_session=state in pending)
-    except oauth.FlowRefused as exc:
+        flow = oauth_flow.take_flow(flow_state, p.name, current_user, in_session=flow_state in pending)
+    except oauth_flow.FlowRefused as exc:
         abort(exc.status, description=str(exc))
-    session[SESSION_KEY] = [s for s in pending if s != state]
+    session[SESSION_KEY] = [s for s in pending if s != flow_state]
 
     if request.args.get("error"):
-        classified = oauth.classify_oauth_error(request.args["error"], request.args.get("error_description"))
+        classified = classify_oauth_error(request.args["error"], request.args.get("error_description"))
         return _refused(p, flow, classified.reason, classified.detail, _declined_words(p, classified))
     code = request.args.get("code")
     if not code:
         abort(400, description=f"{p.title} sent no authorization code back. Start connecting again.")
     try:
-        auth = oauth.complete_authorization(p, flow, code)
-        mailbox, reconnected = oauth.link_oauth_mailbox(current_user, auth, flow)
-    except oauth.OAuthFailure as exc:
+        auth = oauth_flow.complete_authorization(p, flow, code)
+        mailbox, reconnected = linking.link_oauth_mailbox(current_user, auth, flow)
+    except OAuthFailure as exc:
         db.session.rollback()
         words = exc.message + (f" {p.title} said: {exc.classified.detail}" if exc.classified.detail else "")
         return _refused(p, flow, exc.reason, exc.classified.detail, words, exc.missing_scopes)
-    except mailbox_service.LinkError as exc:
+    except linking.LinkError as exc:
         db.session.rollback()
         return _refused(p, flow, exc.code, exc.classified.detail if exc.classified else str(exc), str(exc))
     db.session.commit()
@@ -183,20 +185,20 @@ def callback(provider: str):
     return redirect(_accounts_url())
 
 
-def _declined_words(p: oauth.Provider, classified) -> str:
-    if classified.reason == "consent_missing":
+def _declined_words(p: Provider, classified) -> str:
+    if classified.reason == state.CONSENT_MISSING:
         return (f"{p.title} did not give the CRM access: the permissions were declined or need an "
                 f"administrator's approval. Ask IT to grant them. {p.title} said: {classified.detail}")
     return (f"{p.title} did not complete the sign-in. {plain_words(classified.reason)} "
             f"{p.title} said: {classified.detail}")
 
 
-def _refused(p: oauth.Provider, flow: oauth.Flow, reason: str, detail: str, words: str, missing: tuple = ()):
+def _refused(p: Provider, flow: oauth_flow.Flow, reason: str, detail: str, words: str, missing: tuple = ()):
     """Nothing connected: the user is told why, and IT finds the refusal in the audit trail.
     A Problematic mailbox being reconnected keeps its state; a consent problem updates its reason."""
     mailbox = db.session.get(Mailbox, flow.mailbox_id) if flow.mailbox_id else None
-    if mailbox is not None and reason == "consent_missing" and mailbox.state == "problematic":
-        mailbox_service.set_state(mailbox, "problematic", reason="consent_missing", detail=detail, actor=current_user)
+    if mailbox is not None and reason == state.CONSENT_MISSING and mailbox.state == state.PROBLEMATIC:
+        state.mark_problematic(mailbox, state.CONSENT_MISSING, detail, actor=current_user)
     record("mailbox_connect_refused", current_user, mailbox, provider=p.name, reason=reason, detail=detail,
            missing_scopes=list(missing) or None)
     db.session.commit()

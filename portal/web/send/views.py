@@ -14,7 +14,8 @@ from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import crm
-from portal import send as service
+from portal.sending.accept import MAX_KEY_LENGTH, accept, new_key
+from portal.sending import checks, compose, deliver
 from portal.extensions import db, htmx
 from portal.models import Customer, Mailbox, OutgoingEmail
 from portal.web.render import page_or_fragment
@@ -35,9 +36,9 @@ class SendFormState:
     cc: str = ""
     subject: str = ""
     body: str = ""
-    problems: list[service.Problem] = field(default_factory=list)  # the whole form's
-    field_problems: dict[str, list[service.Problem]] = field(default_factory=dict)
-    notices: list[service.Problem] = field(default_factory=list)  # Problematic accounts, before sending
+    problems: list[checks.Problem] = field(default_factory=list)  # the whole form's
+    field_problems: dict[str, list[checks.Problem]] = field(default_factory=dict)
+    notices: list[checks.Problem] = field(default_factory=list)  # Problematic accounts, before sending
     sent: OutgoingEmail | None = None
     repeated: bool = False  # the same form submitted again: nothing new was sent
     recent: list[OutgoingEmail] = field(default_factory=list)
@@ -46,19 +47,20 @@ class SendFormState:
     max_attachment_text: str = ""
 
 
-def form_state(customer: Customer, *, draft: service.Draft | None = None, key: str | None = None,
-               problems: list[service.Problem] | None = None, sent: OutgoingEmail | None = None,
+def form_state(customer: Customer, *, draft: checks.Draft | None = None, key: str | None = None,
+               problems: list[checks.Problem] | None = None, sent: OutgoingEmail | None = None,
                repeated: bool = False) -> SendFormState:
     user = current_user
-    state = SendFormState(key=key or service.new_key(),
-                          max_attachment_text=service.megabytes(service.max_attachment_bytes()))
-    standing = service.standing_problems(user, customer)
+    state = SendFormState(key=key or new_key(),
+                          max_attachment_text=checks.megabytes(checks.max_attachment_bytes()))
+    standing = checks.standing_problems(user, customer, accounts_url=url_for("mailboxes.mine"))
     if any(p.code == "activities_not_permitted" for p in standing + (problems or [])):
-        state.problems = [service.activities_not_permitted()]
+        state.problems = [checks.activities_not_permitted()]
         state.denied = True
         return state  # nothing else of this customer is shown to them
-    state.mailboxes = service.connected_mailboxes(user)
-    usable = [m for m in state.mailboxes if service.mailbox_problem(m) is None]
+    state.mailboxes = checks.connected_mailboxes(user)
+    accounts_url = url_for("mailboxes.mine")
+    usable = [m for m in state.mailboxes if checks.mailbox_problem(m, accounts_url=accounts_url) is None]
     choices = usable or state.mailboxes
     state.mailbox_id = choices[0].id if choices else None
     if draft is not None:
@@ -75,7 +77,7 @@ def form_state(customer: Customer, *, draft: service.Draft | None = None, key: s
         else:
             state.problems.append(problem)
     if "mailbox_id" not in state.field_problems:
-        state.notices = [p for p in (service.mailbox_problem(m) for m in state.mailboxes) if p is not None]
+        state.notices = [p for p in (checks.mailbox_problem(m, accounts_url=accounts_url) for m in state.mailboxes) if p is not None]
     state.can_compose = bool(state.mailboxes) and customer.primary_email is not None
     state.sent, state.repeated = sent, repeated
     state.recent = list(db.session.scalars(
@@ -98,7 +100,7 @@ def outgoing_for_email(email_id: int) -> OutgoingEmail | None:
 
 @bp.app_template_global("outgoing_reason_words")
 def outgoing_reason_words(reason: str | None) -> str:
-    return service.reason_words(reason)
+    return deliver.reason_words(reason)
 
 
 def _customer_or_404(external_id: str) -> Customer:
@@ -136,14 +138,14 @@ def form(external_id: str):
 def send_email(external_id: str):
     customer = _customer_or_404(external_id)
     form = request.form
-    key = (form.get("idempotency_key") or "").strip()[:service.MAX_KEY_LENGTH] or None
-    draft = service.Draft(
+    key = (form.get("idempotency_key") or "").strip()[:MAX_KEY_LENGTH] or None
+    draft = checks.Draft(
         mailbox_id=_int_or_none(form.get("mailbox_id")), subject=form.get("subject", ""),
         body=form.get("body", ""), cc=form.get("cc", ""), attachments=_uploads(),
     )
     try:
-        outgoing, created = service.accept(current_user, customer, draft, key)
-    except service.SendRefused as exc:
+        outgoing, created = accept(current_user, customer, draft, key, accounts_url=url_for("mailboxes.mine"))
+    except checks.SendRefused as exc:
         state = form_state(customer, draft=draft, key=key, problems=exc.problems)
         return _render(customer, state, exc.problems[0].status)
     # A fresh form (new key) for the next email, with this one's state.
@@ -157,8 +159,8 @@ def too_large(exc):
     customer = crm.get_customer(external_id) if external_id else None
     if customer is None or not current_user.is_authenticated:
         return exc
-    limit = min(service.max_attachment_bytes(), current_app.config.get("MAX_CONTENT_LENGTH") or 10**12)
-    state = form_state(customer, problems=[service.attachment_too_large(None, limit)])
+    limit = min(checks.max_attachment_bytes(), current_app.config.get("MAX_CONTENT_LENGTH") or 10**12)
+    state = form_state(customer, problems=[checks.attachment_too_large(None, limit)])
     return _render(customer, state, 413)
 
 
@@ -179,12 +181,12 @@ def _int_or_none(value: str | None) -> int | None:
         return 0  # no mailbox has id 0: "not one of yours"
 
 
-def _uploads() -> list[service.Attachment]:
+def _uploads() -> list[checks.Attachment]:
     found = []
     for upload in request.files.getlist("attachments"):
         if not upload or not upload.filename:
             continue  # the empty part a browser sends when no file is chosen
         data = upload.read()
-        filename = service.clean_filename(upload.filename)
-        found.append(service.Attachment(filename, service.content_type_of(filename, upload.mimetype), data))
+        filename = compose.clean_filename(upload.filename)
+        found.append(checks.Attachment(filename, compose.content_type_of(filename, upload.mimetype), data))
     return found

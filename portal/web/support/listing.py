@@ -7,7 +7,6 @@ order in SQL, LIMIT/OFFSET, the owner joined in; a second query counts for the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from math import ceil
 
 from flask import abort, request
@@ -18,7 +17,6 @@ from portal.extensions import db, htmx
 from portal.mail.errors import REFUSAL_REASONS, TRANSIENT_REASONS
 from portal.models import Mailbox, User
 from portal.models.mailboxes import PROVIDERS, STATES
-from portal.timeutil import utcnow
 
 PER_PAGE = 50
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one in a URL is simply not found

@@ -10,7 +10,7 @@ from portal.mail.errors import fix_steps, plain_words
 from portal.models import Mailbox, MailboxStateChange, SyncRun, User
 from portal.models.mailboxes import PROVIDERS, STATES
 from portal.queue import job_state, sync_job_id
-from portal.web.admin.resync import resync
+from portal.accounts.resync import resync
 from portal.web.roles import has_role, roles_required
 from portal.web.support import bp
 from portal.web.support.listing import (

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from portal import mailboxes as mailbox_service
+from portal.accounts import state
 from portal.extensions import db
 from portal.models import Mailbox, User
 from portal.models.audit import record
 from portal.queue import enqueue_sync
-from portal.timeutil import utcnow
 
 
 @dataclass
@@ -46,19 +45,13 @@ def resync(mailboxes: list[Mailbox], actor: User, trigger: str = "resync") -> Re
     queue it anyway if Redis cannot be reached now.
     """
     report = ResyncReport()
-    now = utcnow()
     targets = []
     for mailbox in mailboxes:
-        if mailbox.state == "disconnected":
+        if mailbox.state == state.DISCONNECTED:
             report.skipped += 1
             continue
         before = {"state": mailbox.state, "reason": mailbox.reason}
-        if mailbox.state == "problematic":
-            mailbox_service.set_state(mailbox, "active" if mailbox.last_success_at else "pending", actor=actor)
-            mailbox.consecutive_failures = 0
-        elif mailbox.reason:  # retrying after transient faults: start the count again
-            mailbox.consecutive_failures = 0
-        mailbox.next_sync_at = now
+        state.resume(mailbox, actor)
         record("resync_asked", actor, mailbox, address=mailbox.address, before=before, trigger=trigger)
         targets.append(mailbox.id)
     db.session.commit()
