@@ -492,7 +492,7 @@ BREAKDOWN = [
     ("parse.parse_headers", "portal.mail.parse:parse_headers", 2),
     ("BytesParser.parsebytes", "email.parser:BytesParser.parsebytes", 3),
     ("email.utils.getaddresses", "email.utils:getaddresses", 3),
-    ("parse._decode_words", "portal.mail.parse:_decode_words", 3),
+    ("decode.decode_words", "portal.mail.decode:decode_words", 3),
     ("MailboxSync._crm_for (customer query)", "portal.sync:MailboxSync._crm_for", 2),
     ("rules.decide", "portal.mail.rules:decide", 2),
     ("MailboxSync._known_emails", "portal.sync:MailboxSync._known_emails", 2),

@@ -42,7 +42,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     _refuse_unsafe_secret(app)
     app.json.ensure_ascii = False  # Czech names stay readable in the API's JSON
 
-    from portal import extensions, models, queue, web
+    # The app's parts are imported here, not at the top: `import portal.mail.rules` (or any
+    # portal module) runs this file first, and must not pull in the whole web layer.
+    from portal import cli, extensions, models, queue, web
     from portal.extensions import csrf, db, htmx, login_manager, migrate
 
     db.init_app(app)
@@ -52,9 +54,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     htmx.init_app(app)
     queue.init_app(app)
     web.init_app(app)
-
-    from portal import cli
-
     cli.init_app(app)
     del extensions, models  # imported for their side effect: the models are registered
     return app

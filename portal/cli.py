@@ -4,8 +4,10 @@ import os
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from flask_migrate import upgrade
 from sqlalchemy import select
 
+from portal.addresses import normalise_address
 from portal.extensions import db
 from portal.models import ApiToken, User
 from portal.models.users import ROLES
@@ -24,8 +26,6 @@ def init_app(app: Flask) -> None:
 @eis.command("init-db")
 def init_db() -> None:
     """Create or upgrade the database schema (runs the migrations)."""
-    from flask_migrate import upgrade
-
     upgrade()
     click.echo("database is at the latest schema")
 
@@ -40,8 +40,6 @@ def init_db() -> None:
 @click.option("--no-emails", is_flag=True, help="Hide email bodies from this user.")
 def user_create(email, role, password_env, name, no_activities, no_emails) -> None:
     """Create a user who signs in with EMAIL and the password in $VAR."""
-    from portal.addresses import normalise_address
-
     try:
         email = normalise_address(email)
     except ValueError as exc:

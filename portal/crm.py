@@ -9,7 +9,14 @@ from datetime import datetime
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import Customer, CustomerContactEmail, CustomerPrimaryEmail, Deal, DealCustomer, User
+from portal.models import (
+    Customer,
+    CustomerContactEmail,
+    CustomerPrimaryEmail,
+    Deal,
+    DealCustomer,
+    User,
+)
 from portal.timeutil import utcnow
 
 

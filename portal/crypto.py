@@ -3,8 +3,8 @@
 EIS_ENCRYPTION_KEYS is a comma-separated list of Fernet keys: the first encrypts, all
 decrypt, so operators rotate by putting a new key first and running `eis rotate-keys`.
 """
-import hashlib
 import base64
+import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app

@@ -21,13 +21,22 @@ from datetime import datetime
 from sqlalchemy import select
 
 from portal import matching
-from portal.sync import choose_folders
+from portal.accounts.sessions import open_imap
 from portal.extensions import db
 from portal.mail import parse, rules
 from portal.mail.errors import Classified, classify_exception, plain_words
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
-from portal.accounts.sessions import open_imap
-from portal.models import Activity, Customer, CustomerContactEmail, Deal, Email, EmailSource, Mailbox
+from portal.models import (
+    Activity,
+    Customer,
+    CustomerContactEmail,
+    Deal,
+    Email,
+    EmailSource,
+    Mailbox,
+)
+from portal.models.mailboxes import DISCONNECTED
+from portal.sync import choose_folders
 
 RECENT_PER_FOLDER = 200  # newest messages looked at in each folder
 MAX_FOLDERS = 40  # a server with hundreds of folders costs at most this many SELECTs
@@ -150,7 +159,7 @@ def why(mailbox: Mailbox, query: str, *, connect: Callable[[Mailbox], ImapSessio
     empty: the newest ones) and explain for each whether and why it is logged."""
     query = (query or "").strip()[:MAX_QUERY]
     result = WhyResult(query=query)
-    if mailbox.state == "disconnected" or not mailbox.secret_encrypted:
+    if mailbox.state == DISCONNECTED or not mailbox.secret_encrypted:
         result.unavailable = ("This mailbox is disconnected: its credentials were wiped, so its mail "
                               "cannot be read. Emails logged from it stay on the customers.")
         return result

@@ -10,6 +10,7 @@ import os
 
 from flask import Flask, current_app
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus, Retry
@@ -106,8 +107,6 @@ def enqueue_send(outgoing_id: int) -> tuple[Job, bool]:
 def enqueue_sync_from_page(mailbox_id: int, trigger: str, user_id: int | None) -> bool | None:
     """For pages: True queued now, False already queued or running, None the queue is down
     (the page says so; the scheduler still picks the mailbox up by its next_sync_at)."""
-    from redis.exceptions import RedisError
-
     try:
         _job, created = enqueue_sync(mailbox_id, trigger, user_id)
     except (RedisError, RuntimeError):

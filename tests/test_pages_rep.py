@@ -610,7 +610,8 @@ def test_attachments_are_found_in_the_order_parse_listed_them():
 
     from portal.mail import rawstore
     from portal.mail.parse import parse_message
-    from portal.web.customers.attachments import attachment_bytes, safe_filename
+    from portal.mail.attachments import attachment_bytes
+    from portal.web.customers.attachments import safe_filename
 
     inner = EmailMessage(policy=SMTP)
     inner["From"], inner["Subject"] = "a@klient.test", "Přeposlaná zpráva"

@@ -12,7 +12,7 @@ from tests import corpus
 
 @pytest.mark.parametrize("path", corpus.message_params())
 def test_the_scan_sees_every_address_the_parser_sees(path):
-    header = parse._split_header_block(corpus.read(path))[0]
+    header = parse.split_header_block(corpus.read(path))[0]
     tokens, unusual = _scan(header)
     if not unusual:
         assert parse.parse_headers(header).all_addresses() <= tokens

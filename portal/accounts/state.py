@@ -18,11 +18,16 @@ from portal import runtime_settings
 from portal.extensions import db
 from portal.mail.errors import Classified
 from portal.models import Mailbox, MailboxStateChange, User
+
+# The states, named here for everyone who reads or compares them (the model holds the values).
+from portal.models.mailboxes import ACTIVE as ACTIVE
+from portal.models.mailboxes import DISCONNECTED as DISCONNECTED
+from portal.models.mailboxes import PENDING as PENDING
+from portal.models.mailboxes import PROBLEMATIC as PROBLEMATIC
+from portal.models.mailboxes import SYNCABLE as SYNCABLE
 from portal.scheduling import backoff_delay
 from portal.timeutil import utcnow
 
-PENDING, ACTIVE, PROBLEMATIC, DISCONNECTED = "pending", "active", "problematic", "disconnected"
-SYNCABLE = (PENDING, ACTIVE)  # the states the scheduler syncs
 CONNECTED = (PENDING, ACTIVE, PROBLEMATIC)  # the states whose credentials are kept
 APP_CREDENTIALS_INVALID = "app_credentials_invalid"
 CONSENT_MISSING = "consent_missing"

@@ -13,9 +13,6 @@ dates), each inside its own guard, so one broken header or part costs only itsel
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import hashlib
 import mimetypes
 import re
@@ -25,6 +22,8 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
+
+from portal.mail.decode import decode_bytes, decode_words, header_text
 
 _PARSER = BytesParser(policy=compat32)
 
@@ -38,10 +37,6 @@ _HASHED_HEADERS = ("date", "from", "to", "cc", "subject")
 # The emails.dedupe_key column holds 500 characters; longer Message-IDs (legal up to 998)
 # are hashed so that they still de-duplicate.
 _MAX_KEY_LENGTH = 500
-
-# "=?charset?Q|B?text?=" (RFC 2047). Like the standard library, no whitespace is required
-# around the word: broken mailers glue encoded words to plain text.
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?(.*?)\?=")
 
 # The first empty line ends the header block (LF or CRLF endings).
 _END_OF_HEADERS = re.compile(rb"(?:\A|\n)(\r?\n)")
@@ -107,7 +102,7 @@ def parse_message(raw: bytes, headers: ParsedHeaders | None = None) -> ParsedMes
             *headers.defects,
             f"the MIME structure could not be parsed ({type(exc).__name__}); body kept as text",
         ]
-        body = _decode_bytes(_split_header_block(raw)[1], None, defects, "body")
+        body = decode_bytes(split_header_block(raw)[1], None, defects, "body")
         return ParsedMessage(
             **{name: getattr(headers, name) for name in _HEADER_NAMES},
             defects=_unique(defects),
@@ -140,7 +135,7 @@ def content_hash(raw: bytes) -> str:
     (raw, whitespace collapsed) and the body (line endings normalised, trailing
     whitespace dropped) are hashed. Pass the whole message, not just its headers.
     """
-    header_block, body = _split_header_block(raw)
+    header_block, body = split_header_block(raw)
     unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", header_block)
     picked: dict[str, list[bytes]] = {name: [] for name in _HASHED_HEADERS}
     for line in unfolded.split(b"\n"):
@@ -195,7 +190,7 @@ def _raw_values(msg: Message, name: str, defects: list[str]) -> list[str]:
     """Every value of header ``name``: unfolded, 8-bit bytes decoded, encoded words not yet."""
     lowered = name.lower()
     return [
-        _header_text(value, defects, name)
+        header_text(value, defects, name)
         for key, value in msg.raw_items()
         if key.lower() == lowered
     ]
@@ -206,25 +201,6 @@ def _first_value(msg: Message, name: str, defects: list[str]) -> str | None:
     if len(values) > 1:
         defects.append(f"{name}: {len(values)} headers, the first one is used")
     return values[0] if values else None
-
-
-def _header_text(value: str, defects: list[str], what: str) -> str:
-    """Unfold a raw header value and turn raw 8-bit bytes in it into characters.
-
-    The parser keeps raw bytes as lone surrogates; RFC 6532 allows UTF-8 there, anything
-    else is legacy 8-bit text of unknown charset.
-    """
-    value = re.sub(r"\r?\n", "", value)
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        data = value.encode("utf-8", "surrogateescape")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        defects.append(f"{what}: raw 8-bit bytes in no declared charset")
-        return _lenient(data)
 
 
 def _message_id(msg: Message, defects: list[str]) -> str | None:
@@ -241,7 +217,7 @@ def _message_id(msg: Message, defects: list[str]) -> str | None:
 
 def _subject(msg: Message, defects: list[str]) -> str:
     value = _first_value(msg, "Subject", defects)
-    return "" if value is None else _one_line(_decode_words(value, defects, "Subject"))
+    return "" if value is None else _one_line(decode_words(value, defects, "Subject"))
 
 
 def _date(msg: Message, defects: list[str]) -> datetime | None:
@@ -281,7 +257,7 @@ def _split_addresses(value: str, what: str, defects: list[str]) -> list[tuple[st
     """
     pairs = _getaddresses(value)
     if not any(_is_address(address) for _, address in pairs) and "=?" in value:
-        pairs = _getaddresses(_decode_words(value, defects, what))
+        pairs = _getaddresses(decode_words(value, defects, what))
     result = []
     mangled = False
     for display, address in pairs:
@@ -292,7 +268,7 @@ def _split_addresses(value: str, what: str, defects: list[str]) -> list[tuple[st
             defects.append(f"{what}: skipped {address!r}, not an email address")
             mangled = mangled or "@" in address
             continue
-        result.append((_one_line(_decode_words(display, defects, what)), address))
+        result.append((_one_line(decode_words(display, defects, what)), address))
     if mangled:
         # Unquoted junk ("Big Bug bb@bug.com", two addresses without a comma) defeats
         # getaddresses(); the address-shaped words are still the best guess of who it was.
@@ -314,136 +290,6 @@ def _getaddresses(value: str) -> list[tuple[str, str]]:
 def _is_address(address: str) -> bool:
     local, at, domain = address.strip().rpartition("@")
     return bool(at and local and domain) and not any(ch.isspace() for ch in address.strip())
-
-
-def _decode_words(text: str, defects: list[str], what: str) -> str:
-    """Decode RFC 2047 encoded words in ``text``; a word that will not decode stays as written.
-
-    Written here rather than with ``email.header.decode_header`` because that raises on
-    one bad word and loses the whole header. Whitespace between two encoded words is
-    dropped (RFC 2047 section 6.2), and adjacent words in one charset are joined before
-    decoding, since mailers split multi-byte characters across words.
-    """
-    tokens: list[tuple[str | None, str | bytes]] = []  # (charset, bytes) or (None, literal text)
-    pos = 0
-    for match in _ENCODED_WORD.finditer(text):
-        if match.start() > pos:
-            tokens.append((None, text[pos : match.start()]))
-        pos = match.end()
-        charset, encoding, payload = match.groups()
-        try:
-            tokens.append((charset.split("*", 1)[0].lower(), _decode_word(encoding, payload)))
-        except (binascii.Error, ValueError):
-            defects.append(f"{what}: encoded word {match.group(0)!r} does not decode, kept as is")
-            tokens.append((None, match.group(0)))
-    if pos < len(text):
-        tokens.append((None, text[pos:]))
-
-    merged: list[tuple[str | None, str | bytes]] = []
-    for index, (charset, value) in enumerate(tokens):
-        between_words = (
-            0 < index < len(tokens) - 1
-            and tokens[index - 1][0] is not None
-            and tokens[index + 1][0] is not None
-        )
-        if charset is None and between_words and not value.strip():
-            continue
-        if charset is not None and merged and merged[-1][0] == charset:
-            merged[-1] = (charset, merged[-1][1] + value)
-            continue
-        merged.append((charset, value))
-    return "".join(
-        value if charset is None else _decode_bytes(value, charset, defects, what)
-        for charset, value in merged
-    )
-
-
-def _decode_word(encoding: str, payload: str) -> bytes:
-    if encoding in "bB":
-        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", payload)
-        if len(cleaned) % 4 == 1:  # one trailing character holds no whole byte: drop it
-            cleaned = cleaned[:-1]
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4))
-    return binascii.a2b_qp(payload.encode("utf-8"), header=True)
-
-
-def _decode_bytes(data: bytes, charset: str | None, defects: list[str], what: str) -> str:
-    """Bytes to text: the declared charset, else UTF-8, else a lenient fallback. Never raises.
-
-    Order and why: the declared charset (widened to the superset mailers really use)
-    when Python knows it; then strict UTF-8, the usual truth behind a missing, unknown or
-    wrong label (skipped for pure ASCII, where it proves nothing); then the declared
-    charset with replacement characters, right for a few bad bytes in, say, ISO-2022-JP;
-    last ``_lenient``.
-    """
-    codec = _codec_for(charset, defects, what) if charset else None
-    if codec:
-        try:
-            return data.decode(codec)
-        except (UnicodeError, ValueError, TypeError):
-            defects.append(f"{what}: bytes not valid in the declared charset {charset!r}")
-    if not data.isascii():
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    if codec and codec not in ("ascii", "utf-8"):
-        try:
-            return data.decode(codec, "replace")
-        except (UnicodeError, ValueError, TypeError):
-            pass
-    return _lenient(data)
-
-
-# Labels to the superset that mailers actually write under them, as browsers decode them
-# (WHATWG Encoding Standard): "iso-8859-1" mail is full of Windows-1252 quotes, "gb2312"
-# of GBK characters, and so on. Keys are Python's canonical codec names.
-_SUPERSETS = {
-    "iso8859-1": "cp1252",
-    "iso8859-9": "cp1254",
-    "tis-620": "cp874",
-    "gb2312": "gb18030",
-    "gbk": "gb18030",
-    "big5": "big5hkscs",
-    "shift_jis": "cp932",
-    "euc_kr": "cp949",
-}
-
-
-def _codec_for(charset: str, defects: list[str], what: str) -> str | None:
-    """Python's codec for a MIME charset label, or None (noted) when it has none.
-
-    Tolerates the common non-standard spellings: "x-mac-cyrillic" (x- prefix) and
-    "iso-8859-8-i" (the -i/-e suffixes of RFC 1556 only describe text direction).
-    """
-    label = charset.strip().strip("\"'").lower()
-    candidates = [label, label.removeprefix("x-"), re.sub(r"-[ie]$", "", label)]
-    for candidate in candidates:
-        try:
-            name = codecs.lookup(candidate).name
-        except LookupError:
-            continue
-        return _SUPERSETS.get(name, name)
-    defects.append(f"{what}: unknown charset {label!r}")
-    return None
-
-
-def _lenient(data: bytes) -> str:
-    """Decode bytes of unknown charset: UTF-8 if they mostly are, else Windows-1252/Latin-1.
-
-    A few bad bytes in otherwise valid UTF-8 become replacement characters; text with
-    no valid UTF-8 at all is legacy 8-bit mail, which Windows-1252 (or Latin-1, which
-    maps every byte) keeps readable instead of turning it into a row of "?".
-    """
-    text = data.decode("utf-8", "replace")
-    bad = text.count("\ufffd")
-    good = sum(1 for ch in text if ord(ch) > 127) - bad
-    if good > bad:
-        return text
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
 
 
 # --- body and attachments ----------------------------------------------------------------
@@ -479,7 +325,7 @@ def _walk(part: Message, body: _Body, defects: list[str], depth: int) -> None:
 
 
 def _leaf(part: Message, ctype: str, body: _Body, defects: list[str]) -> None:
-    filename = _filename(part, defects)
+    filename = filename_of(part, defects)
     disposition = part.get_content_disposition()
     inline_text = (
         ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
@@ -508,7 +354,7 @@ def _leaf(part: Message, ctype: str, body: _Body, defects: list[str]) -> None:
 def _text_of(part: Message, defects: list[str], ctype: str) -> str:
     """A text part's content as str, line endings normalised to "\\n"."""
     payload = part.get_payload(decode=True) or b""
-    text = _decode_bytes(payload, part.get_content_charset(), defects, f"{ctype} part")
+    text = decode_bytes(payload, part.get_content_charset(), defects, f"{ctype} part")
     return text.replace("\r\n", "\n")
 
 
@@ -520,7 +366,7 @@ def _message_attachment(part: Message, ctype: str, defects: list[str]) -> dict:
     else:
         size = len(part.get_payload(decode=True) or b"")
     return {
-        "filename": _filename(part, defects) or _default_filename(ctype),
+        "filename": filename_of(part, defects) or _default_filename(ctype),
         "content_type": ctype,
         "size": size,
     }
@@ -542,7 +388,7 @@ def _wire_size(message: Message) -> int:
     return total
 
 
-def _filename(part: Message, defects: list[str]) -> str | None:
+def filename_of(part: Message, defects: list[str]) -> str | None:
     """The part's filename, decoded: RFC 2231 parameters, RFC 2047 words and raw 8-bit bytes.
 
     ``part.get_filename()`` alone turns raw 8-bit bytes into "?" before we can see them,
@@ -553,7 +399,7 @@ def _filename(part: Message, defects: list[str]) -> str | None:
     scratch = Message()
     for key, value in part.raw_items():
         if key.lower() in ("content-disposition", "content-type"):
-            scratch[key] = _header_text(value, defects, f"{key} filename")
+            scratch[key] = header_text(value, defects, f"{key} filename")
     try:
         raw = scratch.get_filename()
     except Exception as exc:  # noqa: BLE001 - malformed RFC 2231 parameters
@@ -561,7 +407,7 @@ def _filename(part: Message, defects: list[str]) -> str | None:
         return None
     if not raw:
         return None
-    return _one_line(_decode_words(raw, defects, "filename")) or None
+    return _one_line(decode_words(raw, defects, "filename")) or None
 
 
 def _default_filename(ctype: str) -> str:
@@ -573,7 +419,7 @@ def _default_filename(ctype: str) -> str:
 # --- small helpers -----------------------------------------------------------------------
 
 
-def _split_header_block(raw: bytes) -> tuple[bytes, bytes]:
+def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     """(header block, body) split at the first empty line; all header if there is none."""
     match = _END_OF_HEADERS.search(raw)
     if match is None:

@@ -1,6 +1,12 @@
 """The data model, one module per aggregate. Import from here."""
 from portal.models.audit import AuditEvent, Setting
-from portal.models.crm import Customer, CustomerContactEmail, CustomerPrimaryEmail, Deal, DealCustomer
+from portal.models.crm import (
+    Customer,
+    CustomerContactEmail,
+    CustomerPrimaryEmail,
+    Deal,
+    DealCustomer,
+)
 from portal.models.mailboxes import FolderCheckpoint, Mailbox, MailboxStateChange
 from portal.models.messages import Activity, Email, EmailSource, OutgoingEmail
 from portal.models.runs import SyncRun

@@ -7,7 +7,10 @@ from portal.extensions import db
 from portal.timeutil import utcnow
 
 PROVIDERS = ("imap", "microsoft", "google")
-STATES = ("pending", "active", "problematic", "disconnected")
+# The states of portal/accounts/state.py's machine (the only writer of them).
+PENDING, ACTIVE, PROBLEMATIC, DISCONNECTED = "pending", "active", "problematic", "disconnected"
+STATES = (PENDING, ACTIVE, PROBLEMATIC, DISCONNECTED)
+SYNCABLE = (PENDING, ACTIVE)  # the states the scheduler syncs
 SECURITY = ("ssl", "starttls", "none")
 
 
@@ -63,7 +66,7 @@ class Mailbox(db.Model):
 
     @property
     def is_syncable(self) -> bool:
-        return self.state in ("pending", "active")
+        return self.state in SYNCABLE
 
     def __repr__(self) -> str:
         return f"<Mailbox {self.id} {self.address} {self.state}>"

@@ -17,6 +17,7 @@ from portal.addresses import normalise_address
 from portal.extensions import db
 from portal.mail.errors import ACCOUNTS_PAGE, plain_words
 from portal.models import Customer, Mailbox, User
+from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC
 
 DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 MAX_SUBJECT_LENGTH = 900  # a header line may hold 998 characters
@@ -101,12 +102,12 @@ def standing_problems(user: User, customer: Customer, *, accounts_url: str) -> l
 def mailbox_problem(mailbox: Mailbox, *, accounts_url: str) -> Problem | None:
     """Why this (own) mailbox cannot send now, or None."""
     url = accounts_url
-    if mailbox.state == "disconnected":
+    if mailbox.state == DISCONNECTED:
         return Problem("mailbox_disconnected",
                        f"Your email account {mailbox.address} is disconnected. Connect it again on "
                        f"{ACCOUNTS_PAGE} ({url}) to send from it.", 409, "mailbox_id",
                        link=(url, "Connect it again"), extra={"reconnect_url": url})
-    if mailbox.state == "problematic":
+    if mailbox.state == PROBLEMATIC:
         return Problem("mailbox_problematic",
                        f"Your email account {mailbox.address} is Problematic, so nothing can be sent from it: "
                        f"{plain_words(mailbox.reason or 'protocol_error')} Press Reconnect beside it on "

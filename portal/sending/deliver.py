@@ -11,7 +11,13 @@ from portal.accounts import state
 from portal.accounts.sessions import SmtpNotConfigured, open_smtp
 from portal.extensions import db
 from portal.mail import rawstore
-from portal.mail.errors import Classified, classify_exception, classify_text, is_mail_fault, plain_words
+from portal.mail.errors import (
+    Classified,
+    classify_exception,
+    classify_text,
+    is_mail_fault,
+    plain_words,
+)
 from portal.models import Email, Mailbox, OutgoingEmail
 from portal.sending.sent_copy import save_sent_copy_recorded
 from portal.timeutil import utcnow

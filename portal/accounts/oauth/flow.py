@@ -10,7 +10,13 @@ from authlib.common.security import generate_token
 
 from portal.accounts.oauth.failures import OAuthFailure, classified_as, failure_of
 from portal.accounts.oauth.providers import (
-    Provider, address_from_claims, granted_scopes, metadata, missing_scopes, oauth_client, verify_id_token,
+    Provider,
+    address_from_claims,
+    granted_scopes,
+    metadata,
+    missing_scopes,
+    oauth_client,
+    verify_id_token,
 )
 from portal.accounts.oauth.tokens import mark_app_credentials_invalid
 from portal.models import Mailbox

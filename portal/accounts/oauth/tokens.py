@@ -17,7 +17,14 @@ from sqlalchemy import select
 from portal import crypto
 from portal.accounts import state
 from portal.accounts.oauth.failures import OAuthFailure, classified_as, consent_failure, failure_of
-from portal.accounts.oauth.providers import Provider, get_provider, granted_scopes, metadata, missing_scopes, oauth_client
+from portal.accounts.oauth.providers import (
+    Provider,
+    get_provider,
+    granted_scopes,
+    metadata,
+    missing_scopes,
+    oauth_client,
+)
 from portal.extensions import db
 from portal.mail.errors import Classified
 from portal.models import Mailbox

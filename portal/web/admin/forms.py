@@ -3,7 +3,6 @@ from wtforms import BooleanField, EmailField, IntegerField, SelectField, StringF
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, ValidationError
 
 from portal.addresses import normalise_address
-
 from portal.models.users import ROLES
 from portal.runtime_settings import KNOWN
 

@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
+from portal.models.mailboxes import SYNCABLE
 from portal.queue import QUEUES, get_queue, get_redis
 from portal.timeutil import to_utc_naive, utcnow
-from portal.web.support.listing import state_counts
+from portal.web.mailbox_listing import state_counts
 
 FAILED_SHOWN = 10  # per queue
 
@@ -99,7 +100,7 @@ def gather() -> Health:
     health.stuck = [(run, address) for run, address in rows if run.heartbeat_at < now - timedelta(seconds=stale)]
     health.due, health.oldest_due = db.session.execute(
         select(func.count(Mailbox.id), func.min(Mailbox.next_sync_at))
-        .where(Mailbox.state.in_(("pending", "active")), Mailbox.next_sync_at <= now)
+        .where(Mailbox.state.in_(SYNCABLE), Mailbox.next_sync_at <= now)
     ).one()
     health.states = state_counts()
     health.last_hour = dict(db.session.execute(

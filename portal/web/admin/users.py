@@ -10,13 +10,14 @@ from sqlalchemy import func, select, update
 from portal.extensions import db
 from portal.models import ApiToken, Mailbox, User
 from portal.models.audit import record
+from portal.models.mailboxes import DISCONNECTED
 from portal.models.users import ROLES
 from portal.timeutil import utcnow
-from portal.web.admin import bp
 from portal.web.admin.forms import NewUserForm, UserForm
+from portal.web.admin.views import bp
 from portal.web.auth.invite import invite_url
+from portal.web.kit import Page, arg, get_or_404, page_number
 from portal.web.roles import roles_required
-from portal.web.support.listing import Page, arg, get_or_404, page_number
 
 USERS_PER_PAGE = 100
 SHOWN_LINK = "eis_invite_links"  # invitation links shown once to the admin who made them
@@ -26,7 +27,7 @@ SHOWN_LINK = "eis_invite_links"  # invitation links shown once to the admin who 
 @roles_required()
 def users():
     counts = select(Mailbox.user_id, func.count(Mailbox.id).label("n")).where(
-        Mailbox.state != "disconnected").group_by(Mailbox.user_id).subquery()
+        Mailbox.state != DISCONNECTED).group_by(Mailbox.user_id).subquery()
     q = arg("q").lower()
     statement = select(User, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.user_id == User.id)
     count = select(func.count(User.id))

@@ -1,22 +1,21 @@
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
 from portal import runtime_settings
+from portal.accounts.resync import resync
 from portal.extensions import db
 from portal.models import Mailbox
 from portal.models.audit import record
-from portal.models.mailboxes import PROVIDERS, STATES
-from portal.web.admin import bp
+from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC, PROVIDERS, STATES
 from portal.web.admin.forms import SettingsForm
 from portal.web.admin.health import gather
-from portal.accounts.resync import resync
+from portal.web.kit import page_number, page_or_fragment, whole_number
+from portal.web.mailbox_listing import REASONS, MailboxFilters, mailbox_page, state_counts
 from portal.web.roles import roles_required
-from portal.web.support.listing import (
-    REASONS, MailboxFilters, mailbox_page, ops_page, page_number, state_counts,
-    whole_number,
-)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 CONFIRM_SHOWN = 50  # mailboxes listed by name on the confirm step
 MAX_SELECTED = 1000
@@ -29,7 +28,7 @@ def mailboxes():
     filters = MailboxFilters.from_request()
     page = mailbox_page(filters, page_number())
     counts = state_counts()
-    return ops_page(
+    return page_or_fragment(
         "admin/mailboxes.html", "admin/_mailbox_list.html", listing=page, filters=filters, counts=counts,
         states=STATES, reasons=REASONS, providers=PROVIDERS, problematic_by_reason=_problematic_by_reason(),
     )
@@ -45,7 +44,7 @@ def resync_confirm():
         return render_template("admin/resync_confirm.html", choice=None, total=0, sample=[], skipped=0), 400
     statement, count = choice["query"]
     total = db.session.scalar(count) or 0
-    skipped = db.session.scalar(count.where(Mailbox.state == "disconnected")) or 0
+    skipped = db.session.scalar(count.where(Mailbox.state == DISCONNECTED)) or 0
     sample = db.session.scalars(statement.options(joinedload(Mailbox.owner)).order_by(Mailbox.id)
                                 .limit(CONFIRM_SHOWN)).all()
     return render_template("admin/resync_confirm.html", choice=choice, total=total, sample=sample,
@@ -68,7 +67,7 @@ def resync_run():
         note = f" {len(mailboxes)} matched when it ran; {expected} were shown on the confirm step."
     flash(report.sentence() + note + " The worker syncs them in the next minutes; their state shows here.",
           "success" if report.asked else "info")
-    return redirect(url_for(".mailboxes", state="problematic" if choice["scope"] == "problematic" else None))
+    return redirect(url_for(".mailboxes", state=PROBLEMATIC if choice["scope"] == "problematic" else None))
 
 
 def _choice(values) -> dict | None:
@@ -77,7 +76,7 @@ def _choice(values) -> dict | None:
     if scope == "problematic":
         reason = values.get("reason", "")
         reason = reason if reason in REASONS else ""
-        where = [Mailbox.state == "problematic"] + ([Mailbox.reason == reason] if reason else [])
+        where = [Mailbox.state == PROBLEMATIC] + ([Mailbox.reason == reason] if reason else [])
         return {"scope": scope, "reason": reason, "ids": [],
                 "query": (select(Mailbox).where(*where), select(func.count(Mailbox.id)).where(*where))}
     if scope == "selected":
@@ -93,7 +92,7 @@ def _choice(values) -> dict | None:
 
 def _problematic_by_reason() -> list[tuple[str, int]]:
     return db.session.execute(
-        select(Mailbox.reason, func.count(Mailbox.id)).where(Mailbox.state == "problematic")
+        select(Mailbox.reason, func.count(Mailbox.id)).where(Mailbox.state == PROBLEMATIC)
         .group_by(Mailbox.reason).order_by(func.count(Mailbox.id).desc())
     ).all()
 
@@ -130,5 +129,5 @@ def _defaults() -> dict:
 @bp.get("/health")
 @roles_required()
 def health():
-    return ops_page("admin/health.html", "admin/_health.html", health=gather())
+    return page_or_fragment("admin/health.html", "admin/_health.html", health=gather())
 

@@ -1,16 +1,23 @@
 """Customers, deals and their activities: what the CRM side pushes and reads."""
-from flask import g, request
+from flask import g
 from sqlalchemy import select
 
 from portal import crm
 from portal.extensions import db
-from portal.models import Activity, Customer
-from portal.web.api import bp
-from portal.web.api.errors import ApiError, register
+from portal.models import Activity
+from portal.web.api.blueprint import bp
+from portal.web.api.errors import ApiError
 from portal.web.api.serialize import activity_json, customer_json, deal_json
-from portal.web.api.validation import address, check_fields, external_id, json_body, string, timestamp
-
-register(bp)
+from portal.web.api.validation import (
+    address,
+    check_fields,
+    external_id,
+    json_body,
+    number_arg,
+    string,
+    timestamp,
+)
+from portal.web.kit import customer_or_404
 
 CRM_WRITERS = ("admin", "it")
 
@@ -51,7 +58,7 @@ def put_customer(external: str):
 
 @bp.get("/customers/<path:external>")
 def get_customer(external: str):
-    customer = _customer_or_404(external)
+    customer = customer_or_404(external)
     return customer_json(customer)
 
 
@@ -95,9 +102,9 @@ def customer_activities(external: str):
     if not user.can_see_activities:
         raise ApiError(403, "activities_not_permitted",
                        "Your account may not see the Activities tab; ask an administrator.")
-    customer = _customer_or_404(external)
-    limit = _int_arg("limit", 50, 1, 200)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    customer = customer_or_404(external)
+    limit = number_arg("limit", 50, 1, 200)
+    offset = number_arg("offset", 0, 0, 10**9)
     rows = db.session.scalars(
         select(Activity).where(Activity.customer_id == customer.id)
         .order_by(Activity.email_date.desc().nulls_last(), Activity.id.desc())
@@ -108,23 +115,3 @@ def customer_activities(external: str):
         "activities": [activity_json(a, with_body=user.can_see_emails) for a in rows],
         "limit": limit, "offset": offset,
     }
-
-
-def _customer_or_404(external: str) -> Customer:
-    customer = crm.get_customer(external)
-    if customer is None:
-        raise ApiError(404, "not_found", f"No customer with external id {external!r}.")
-    return customer
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"'{name}' must be a whole number.") from None
-    if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"'{name}' must be between {low} and {high}.")
-    return value

@@ -1,3 +1,4 @@
+"""The API's errors: raised anywhere in an API view, answered as JSON by the blueprint."""
 from flask import jsonify
 
 
@@ -13,12 +14,3 @@ def api_error(status: int, code: str, message: str, **extra):
     response = jsonify(error=code, message=message, **extra)
     response.status_code = status
     return response
-
-
-def register(bp) -> None:
-    @bp.errorhandler(ApiError)
-    def handle(exc: ApiError):
-        from portal.extensions import db
-
-        db.session.rollback()  # nothing half-written
-        return api_error(exc.status, exc.code, exc.message, **exc.extra)

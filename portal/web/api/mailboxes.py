@@ -5,9 +5,10 @@ from portal.accounts import linking
 from portal.extensions import db
 from portal.models import Mailbox
 from portal.models.audit import record
+from portal.models.mailboxes import DISCONNECTED
 from portal.queue import enqueue_sync, job_state, sync_job_id
 from portal.timeutil import isoformat
-from portal.web.api import bp
+from portal.web.api.blueprint import bp
 from portal.web.api.errors import ApiError
 from portal.web.api.validation import address, check_fields, json_body, string
 
@@ -101,7 +102,7 @@ def my_mailboxes():
 @bp.delete("/me/mailboxes/<int:mailbox_id>")
 def delete_mailbox(mailbox_id: int):
     mailbox = _own_mailbox(mailbox_id)
-    if mailbox.state != "disconnected":
+    if mailbox.state != DISCONNECTED:
         linking.disconnect(mailbox, g.api_user)
         db.session.commit()
     return mailbox_json(mailbox)

@@ -2,7 +2,8 @@
 
 tests/test_api.py checks that every /api/v1 route is documented and nothing else is.
 """
-from portal.web.api import bp
+from portal.models.mailboxes import STATES
+from portal.web.api.blueprint import bp
 
 
 def _error(description: str) -> dict:
@@ -126,7 +127,7 @@ SCHEMAS = {
         "properties": {
             "id": {"type": "integer"}, "address": {"type": "string"},
             "provider": {"enum": ["imap", "microsoft", "google"]}, "owner_email": {"type": "string"},
-            "state": {"enum": ["pending", "active", "problematic", "disconnected"]},
+            "state": {"enum": list(STATES)},
             "reason": {"type": ["string", "null"], "description": "why Problematic, or the last transient fault "
                                                                   "while retrying (auth_failed, server_unreachable, ...)"},
             "detail": {"type": ["string", "null"], "description": "the provider's own words"},

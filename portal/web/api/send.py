@@ -5,14 +5,15 @@ import binascii
 from flask import g, request, url_for
 
 from portal import crm
-from portal.sending.accept import MAX_KEY_LENGTH, accept
-from portal.sending import checks, compose, deliver
 from portal.extensions import db
 from portal.models import Customer, OutgoingEmail
+from portal.sending import checks, compose, deliver
+from portal.sending.accept import MAX_KEY_LENGTH, accept
 from portal.timeutil import isoformat
-from portal.web.api import bp
+from portal.web.api.blueprint import bp
 from portal.web.api.errors import ApiError
 from portal.web.api.validation import check_fields, json_body
+
 
 def outgoing_json(outgoing: OutgoingEmail) -> dict:
     customer = db.session.get(Customer, outgoing.customer_id)

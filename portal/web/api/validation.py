@@ -59,3 +59,17 @@ def external_id(value: str) -> str:
     if not value or len(value) > 200 or not value.isprintable():
         raise ApiError(422, "invalid_external_id", "The external id must be 1 to 200 printable characters.")
     return value
+
+
+def number_arg(name: str, default: int, low: int, high: int) -> int:
+    """A whole number from the query string within [low, high]; anything else is a 400 that says so."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"'{name}' must be a whole number.") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_parameter", f"'{name}' must be between {low} and {high}.")
+    return value

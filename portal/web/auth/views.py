@@ -1,15 +1,16 @@
 from urllib.parse import urlsplit
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import User
 from portal.models.audit import record
-from portal.web.auth import bp
 from portal.web.auth.forms import ChoosePasswordForm, LoginForm
 from portal.web.auth.invite import user_of
+
+bp = Blueprint("auth", __name__)
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -8,7 +8,7 @@ import re
 from datetime import timedelta
 from io import BytesIO
 
-from flask import abort, make_response, render_template, request, send_file, url_for
+from flask import Blueprint, abort, make_response, render_template, request, send_file, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
@@ -16,15 +16,18 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from portal import crm
 from portal.extensions import db, htmx
+from portal.mail.attachments import attachment_bytes
 from portal.models import Activity, Customer, CustomerPrimaryEmail, DealCustomer, Email, Mailbox
+from portal.models.mailboxes import DISCONNECTED
 from portal.queue import enqueue_sync
 from portal.timeutil import utcnow
-from portal.web.customers import bp
-from portal.web.customers.attachments import attachment_bytes, safe_filename
+from portal.web.customers.attachments import safe_filename
+from portal.web.kit import MAX_ID, int_arg, page_or_fragment
 from portal.web.mailboxes.present import live_job
-from portal.web.render import page_or_fragment
 from portal.web.roles import ALL_ROLES, roles_required
 from portal.web.sanitize import email_document, has_remote_images
+
+bp = Blueprint("customers", __name__)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ CUSTOMERS_PER_PAGE = 25
 TIMELINE_STEP = 25
 TIMELINE_MAX = 500
 STALE_AFTER = timedelta(minutes=2)
-MAX_ID = 2**31 - 1  # an integer column: larger ids cannot exist (and PostgreSQL refuses them)
 EMAIL_HTML_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 
@@ -55,14 +57,6 @@ def _valid_external_id(value: str) -> bool:
     return 0 < len(value) <= 200 and value.isprintable()
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    try:
-        value = int(request.args.get(name, default))
-    except (TypeError, ValueError):
-        return default
-    return min(max(value, low), high)
-
-
 # --- customers ------------------------------------------------------------------------------
 
 
@@ -71,7 +65,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def index():
     _require_activities()
     q = "".join(ch for ch in (request.args.get("q") or "") if ch.isprintable()).strip()[:200]
-    page = _int_arg("page", 1, 1, 10**6)
+    page = int_arg("page", 1, 1, 10**6)
     stmt = select(Customer)
     if q:
         stmt = stmt.where(or_(
@@ -103,9 +97,9 @@ def detail(external_id: str):
     customer = crm.get_customer(external_id) if _valid_external_id(external_id) else None
     if customer is None:
         abort(404, description="There is no customer with this id.")
-    limit = _int_arg("limit", TIMELINE_STEP, 1, TIMELINE_MAX)
+    limit = int_arg("limit", TIMELINE_STEP, 1, TIMELINE_MAX)
     mailboxes = db.session.scalars(select(Mailbox).where(
-        Mailbox.user_id == current_user.id, Mailbox.state != "disconnected").order_by(Mailbox.id)).all()
+        Mailbox.user_id == current_user.id, Mailbox.state != DISCONNECTED).order_by(Mailbox.id)).all()
     wants_fragment = bool(htmx) and not htmx.boosted
     if not wants_fragment:
         _sync_stale(mailboxes)  # opening the Activities tab asks for fresh email (DESIGN rule 8)

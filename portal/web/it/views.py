@@ -1,20 +1,20 @@
 import csv
 import io
 
-from flask import Response, stream_with_context
+from flask import Blueprint, Response, stream_with_context
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import aliased
 
 from portal.extensions import db
 from portal.models import AuditEvent, Mailbox, User
-from portal.models.mailboxes import PROVIDERS, STATES
+from portal.models.mailboxes import DISCONNECTED, PROVIDERS, STATES
 from portal.timeutil import isoformat, utcnow
-from portal.web.it import bp
 from portal.web.it.scopes import PASSWORD_ONLY, REQUIRED_SCOPES, check_scopes
+from portal.web.kit import arg, page_number, page_or_fragment, paginate, whole_number
+from portal.web.mailbox_listing import REASONS, MailboxFilters, mailbox_page
 from portal.web.roles import roles_required
-from portal.web.support.listing import (
-    REASONS, MailboxFilters, arg, mailbox_page, ops_page, page_number, paginate, whole_number,
-)
+
+bp = Blueprint("it", __name__, url_prefix="/it")
 
 AUDIT_PER_PAGE = 50
 # Detail keys never shown even if a caller of audit.record() put one there by mistake.
@@ -34,7 +34,7 @@ def accounts():
     page = mailbox_page(filters, page_number())
     connected_by = _emails({m.connected_by_id for m in page.items} - {None})
     rows = [(m, check_scopes(m.provider, m.scopes_granted), _token_health(m)) for m in page.items]
-    return ops_page(
+    return page_or_fragment(
         "it/accounts.html", "it/_accounts_list.html", listing=page, rows=rows, filters=filters,
         connected_by=connected_by, states=STATES, reasons=REASONS, providers=PROVIDERS, required=REQUIRED_SCOPES,
         password_only=PASSWORD_ONLY,
@@ -95,7 +95,7 @@ def audit():
     mailboxes = dict(db.session.execute(
         select(Mailbox.id, Mailbox.address).where(Mailbox.id.in_(sorted(mailbox_ids)))).all()) if mailbox_ids else {}
     events = [(e, _detail_lines(e.detail)) for e in page.items]
-    return ops_page("it/audit.html", "it/_audit_list.html", listing=page, events=events, actions=actions,
+    return page_or_fragment("it/audit.html", "it/_audit_list.html", listing=page, events=events, actions=actions,
                             action=action, users=users, mailboxes=mailboxes)
 
 
@@ -113,7 +113,7 @@ def _token_health(mailbox: Mailbox) -> dict:
     """How the OAuth token is doing, as IT reads it: 'ok', 'warn' or 'bad' and a sentence."""
     if mailbox.provider not in REQUIRED_SCOPES:
         return {"level": "none", "text": "password login: no token"}
-    if mailbox.state == "disconnected":
+    if mailbox.state == DISCONNECTED:
         return {"level": "none", "text": "disconnected: token wiped"}
     if mailbox.token_refresh_failures:
         n = mailbox.token_refresh_failures

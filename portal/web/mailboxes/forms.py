@@ -2,10 +2,17 @@ import re
 
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, SelectField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    ValidationError,
+)
 
-from portal.addresses import normalise_address
 from portal.accounts.linking import ImapSettings
+from portal.addresses import normalise_address
 
 _SECURITY = (("ssl", "SSL/TLS"), ("starttls", "STARTTLS"), ("none", "None (unencrypted)"))
 try:  # WTForms 3.3 deprecates (value, label) tuples in favour of SelectChoice

@@ -5,29 +5,33 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import current_app
+from flask import current_app, flash, g
+from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from portal.extensions import db
 from portal.mail.errors import fix_steps, plain_words
 from portal.models import Mailbox, SyncRun
-from portal.queue import job_state, sync_job_id
+from portal.models.mailboxes import ACTIVE, DISCONNECTED, PENDING, PROBLEMATIC, SYNCABLE
+from portal.queue import enqueue_sync_from_page, job_state, sync_job_id
+from portal.runtime_settings import get as setting
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 STATE_WORDS = {
-    "pending": "Connecting",
-    "active": "Active",
-    "problematic": "Problematic",
-    "disconnected": "Disconnected",
+    PENDING: "Connecting",
+    ACTIVE: "Active",
+    PROBLEMATIC: "Problematic",
+    DISCONNECTED: "Disconnected",
 }
 STATE_HINTS = {
-    "pending": "Connected; the first sync has not finished yet.",
-    "active": "Syncing normally.",
-    "problematic": "Syncing has stopped until the account is reconnected.",
-    "disconnected": "Deleted: nothing is synced; emails already logged stay.",
+    PENDING: "Connected; the first sync has not finished yet.",
+    ACTIVE: "Syncing normally.",
+    PROBLEMATIC: "Syncing has stopped until the account is reconnected.",
+    DISCONNECTED: "Deleted: nothing is synced; emails already logged stay.",
 }
 SYNC_NOTICE_FOR = timedelta(minutes=2)
 PROVIDER_WORDS = {"imap": "IMAP", "microsoft": "Microsoft 365 / Outlook", "google": "Google"}
@@ -105,7 +109,7 @@ def now_of(mailbox: Mailbox) -> Now:
 
 def problem_of(mailbox: Mailbox) -> dict | None:
     """Words, steps and the provider's own words for a Problematic mailbox."""
-    if mailbox.state != "problematic":
+    if mailbox.state != PROBLEMATIC:
         return None
     reason = mailbox.reason or "protocol_error"
     steps = fix_steps(reason, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT"))
@@ -132,7 +136,7 @@ def server_settings(mailbox: Mailbox) -> list[str]:
 def last_sync_notice(mailbox: Mailbox, now: Now) -> str | None:
     """'Synced: 3 new emails logged' for a little while after a sync ends, so that a person
     who pressed Sync now (or watches the first sync) is told how it ended."""
-    if now.live or mailbox.state not in ("active", "pending"):
+    if now.live or mailbox.state not in SYNCABLE:
         return None
     run = db.session.scalar(select(SyncRun).where(SyncRun.mailbox_id == mailbox.id)
                             .order_by(SyncRun.id.desc()).limit(1))
@@ -144,9 +148,21 @@ def last_sync_notice(mailbox: Mailbox, now: Now) -> str | None:
     return f"Synced: {run.logged} new email{'' if run.logged == 1 else 's'} logged."
 
 
-def register(app_bp) -> None:
-    """Globals the mailbox templates use (registered app-wide by the blueprint)."""
-    app_bp.add_app_template_global(STATE_WORDS, "state_words")
+def problem_mailboxes() -> list[tuple[int, str]]:
+    """(id, address) of the signed-in user's Problematic mailboxes, one query per request
+    (the banner on every page)."""
+    if "eis_problem_mailboxes" not in g:
+        rows: list[tuple[int, str]] = []
+        if current_user and current_user.is_authenticated:
+            try:
+                rows = [tuple(r) for r in db.session.execute(
+                    select(Mailbox.id, Mailbox.address)
+                    .where(Mailbox.user_id == current_user.id, Mailbox.state == PROBLEMATIC)
+                    .order_by(Mailbox.id)).all()]
+            except SQLAlchemyError:  # an error page must still render when the database is down
+                db.session.rollback()
+        g.eis_problem_mailboxes = rows
+    return g.eis_problem_mailboxes
 
 
 QUEUE_DOWN = " The sync queue is not reachable right now; the sync starts once it is."
@@ -155,11 +171,6 @@ QUEUE_DOWN = " The sync queue is not reachable right now; the sync starts once i
 def announce_linked(mailbox: Mailbox, reconnected: bool, user_id: int, via: str | None = None) -> None:
     """After a mailbox is linked or reconnected (password or OAuth): queue its sync and
     flash what happens next."""
-    from flask import flash
-
-    from portal.queue import enqueue_sync_from_page
-    from portal.runtime_settings import get as setting
-
     queued = enqueue_sync_from_page(mailbox.id, "manual" if reconnected else "backfill", user_id)
     if reconnected:
         message = f"{mailbox.address} is reconnected; syncing continues where it stopped."

@@ -2,7 +2,7 @@
 mailboxes only: another user's mailbox is indistinguishable from a missing one (404)."""
 import logging
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
@@ -11,18 +11,20 @@ from portal.accounts import linking
 from portal.extensions import db, htmx
 from portal.models import Mailbox
 from portal.models.audit import record
+from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC
 from portal.queue import enqueue_sync_from_page
 from portal.runtime_settings import get as setting
-from portal.web.mailboxes import bp, present
+from portal.web.kit import MAX_ID, page_or_fragment
+from portal.web.mailboxes import present
 from portal.web.mailboxes.forms import ConnectForm, ReconnectForm
-from portal.web.render import page_or_fragment
 from portal.web.roles import ALL_ROLES, roles_required
+
+bp = Blueprint("mailboxes", __name__)
 
 log = logging.getLogger(__name__)
 SERVER_FIELDS = ("login", "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port", "smtp_security")
 
 
-MAX_ID = 2**31 - 1  # an integer column: larger ids cannot exist (and PostgreSQL refuses them)
 
 
 def _own_mailbox(mailbox_id: int) -> Mailbox:
@@ -68,8 +70,8 @@ def _queue_sync(mailbox: Mailbox, trigger: str) -> bool | None:
 def mine():
     rows = db.session.scalars(select(Mailbox).where(Mailbox.user_id == current_user.id)
                               .order_by(Mailbox.connected_at, Mailbox.id)).all()
-    connected = [m for m in rows if m.state != "disconnected"]
-    deleted = [m for m in rows if m.state == "disconnected"]
+    connected = [m for m in rows if m.state != DISCONNECTED]
+    deleted = [m for m in rows if m.state == DISCONNECTED]
     return render_template("mailboxes/mine.html", cards=[_card(m) for m in connected], deleted=deleted,
                            backfill_days=setting("backfill_days"))
 
@@ -108,7 +110,7 @@ def connect():
 def sync_now(mailbox_id: int):
     mailbox = _own_mailbox(mailbox_id)
     if not mailbox.is_syncable:
-        what = "reconnect it first" if mailbox.state == "problematic" else "connect it again first"
+        what = "reconnect it first" if mailbox.state == PROBLEMATIC else "connect it again first"
         return _fragment_or_redirect(mailbox, f"{mailbox.address} is {mailbox.state}: {what}.", "error")
     queued = _queue_sync(mailbox, "manual")
     if queued is None:
@@ -128,9 +130,9 @@ def reconnect(mailbox_id: int):
     mailbox = _own_mailbox(mailbox_id)
     form = ReconnectForm(formdata=_with_stored_settings(mailbox) if request.method == "POST" else None,
                          obj=mailbox)
-    if mailbox.state != "problematic":
+    if mailbox.state != PROBLEMATIC:
         message = (f"{mailbox.address} is {present.STATE_WORDS[mailbox.state].lower()}; there is nothing to "
-                   "reconnect." + (" Connect it again as a new account." if mailbox.state == "disconnected" else ""))
+                   "reconnect." + (" Connect it again as a new account." if mailbox.state == DISCONNECTED else ""))
         if request.method == "POST":
             return _fragment_or_redirect(mailbox, message, "info")
         flash(message, "info")
@@ -179,7 +181,7 @@ def delete(mailbox_id: int):
     if request.method == "GET":
         return page_or_fragment("mailboxes/delete.html", "mailboxes/_mailbox.html",
                                 card=_card(mailbox, confirm_delete=True), mailbox=mailbox)
-    if mailbox.state != "disconnected":
+    if mailbox.state != DISCONNECTED:
         linking.disconnect(mailbox, current_user)
         db.session.commit()
     return _fragment_or_redirect(

@@ -1,4 +1,4 @@
-from flask import flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import SelectField
@@ -6,8 +6,9 @@ from wtforms import SelectField
 from portal.extensions import db
 from portal.timeutil import utcnow
 from portal.web.filters import exact_time, organisation_zone, time_zone_names, viewer_zone
-from portal.web.main import bp
 from portal.web.roles import ALL_ROLES, roles_required
+
+bp = Blueprint("main", __name__)
 
 
 class AccountForm(FlaskForm):

@@ -18,7 +18,7 @@ site cannot start a flow in a rep's browser; the flow's state is bound to the se
 import logging
 import secrets
 
-from flask import abort, current_app, flash, redirect, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, request, session, url_for
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisError
@@ -31,25 +31,24 @@ from portal.extensions import db
 from portal.mail.errors import plain_words
 from portal.models import Mailbox
 from portal.models.audit import record
+from portal.web.kit import MAX_ID
 from portal.web.mailboxes.present import announce_linked
-from portal.web.oauth import bp
 from portal.web.roles import ALL_ROLES, roles_required
+
+bp = Blueprint("oauth", __name__)
 
 log = logging.getLogger(__name__)
 SESSION_KEY = "eis_oauth_states"  # the states begun in this browser session
 START_KEY = "eis_oauth_start"  # a random value per browser session that start links are bound to
 START_MAX_AGE = 3600
-MAX_ID = 2**31 - 1  # an integer column: larger ids cannot exist (and PostgreSQL refuses them)
 MAX_PENDING = 5
 
 
-@bp.app_template_global("oauth_providers")
-def _oauth_providers():
+def oauth_providers():
     return all_providers()
 
 
-@bp.app_template_global("oauth_provider")
-def _oauth_provider(name):
+def oauth_provider(name):
     return get_provider(name)
 
 
@@ -57,7 +56,6 @@ def _start_signer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.secret_key, salt="eis-oauth-start")
 
 
-@bp.app_template_global("oauth_start_url")
 def oauth_start_url(provider: str, mailbox_id: int | None = None) -> str:
     """The link that starts Connect (or Reconnect of `mailbox_id`) with `provider`."""
     nonce = session.get(START_KEY)

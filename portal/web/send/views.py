@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import abort, current_app, request, url_for
+from flask import Blueprint, abort, current_app, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import crm
-from portal.sending.accept import MAX_KEY_LENGTH, accept, new_key
-from portal.sending import checks, compose, deliver
 from portal.extensions import db, htmx
 from portal.models import Customer, Mailbox, OutgoingEmail
-from portal.web.render import page_or_fragment
+from portal.sending import checks, compose, deliver
+from portal.sending.accept import MAX_KEY_LENGTH, accept, new_key
+from portal.web.kit import customer_or_404, page_or_fragment
 from portal.web.roles import ALL_ROLES, roles_required
-from portal.web.send import bp
+
+bp = Blueprint("send", __name__)
 
 FORM_PAGE = "send/page.html"
 FORM_FRAGMENT = "customers/_send_form.html"
@@ -86,28 +87,18 @@ def form_state(customer: Customer, *, draft: checks.Draft | None = None, key: st
     return state
 
 
-@bp.app_template_global("send_form_state")
 def send_form_state(customer: Customer) -> SendFormState:
     return form_state(customer)
 
 
-@bp.app_template_global("outgoing_for_email")
 def outgoing_for_email(email_id: int) -> OutgoingEmail | None:
     """For the Activities list: the send state of an email sent from the CRM, else None."""
     return db.session.scalar(select(OutgoingEmail).where(OutgoingEmail.email_id == email_id)
                              .order_by(OutgoingEmail.id).limit(1))
 
 
-@bp.app_template_global("outgoing_reason_words")
 def outgoing_reason_words(reason: str | None) -> str:
     return deliver.reason_words(reason)
-
-
-def _customer_or_404(external_id: str) -> Customer:
-    customer = crm.get_customer(external_id)
-    if customer is None:
-        abort(404, description=f"No customer with external id {external_id!r}.")
-    return customer
 
 
 def _render(customer: Customer, state: SendFormState, status: int = 200):
@@ -128,7 +119,7 @@ def _render(customer: Customer, state: SendFormState, status: int = 200):
 @bp.get("/customers/<path:external_id>/emails/new")
 @roles_required(*ALL_ROLES)
 def form(external_id: str):
-    customer = _customer_or_404(external_id)
+    customer = customer_or_404(external_id)
     state = form_state(customer)
     return _render(customer, state, 403 if state.denied else 200)
 
@@ -136,7 +127,7 @@ def form(external_id: str):
 @bp.post("/customers/<path:external_id>/emails")
 @roles_required(*ALL_ROLES)
 def send_email(external_id: str):
-    customer = _customer_or_404(external_id)
+    customer = customer_or_404(external_id)
     form = request.form
     key = (form.get("idempotency_key") or "").strip()[:MAX_KEY_LENGTH] or None
     draft = checks.Draft(

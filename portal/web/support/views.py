@@ -1,21 +1,21 @@
-from flask import current_app, flash, redirect, request, url_for
+from flask import Blueprint, current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import aliased
 
 from portal import diagnose
+from portal.accounts.resync import resync
 from portal.extensions import db
 from portal.mail.errors import fix_steps, plain_words
 from portal.models import Mailbox, MailboxStateChange, SyncRun, User
-from portal.models.mailboxes import PROVIDERS, STATES
+from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC, PROVIDERS, STATES
 from portal.queue import job_state, sync_job_id
-from portal.accounts.resync import resync
+from portal.web.kit import Page, get_or_404, page_number, page_or_fragment
+from portal.web.mailbox_listing import REASONS, MailboxFilters, mailbox_page, state_counts
 from portal.web.roles import has_role, roles_required
-from portal.web.support import bp
-from portal.web.support.listing import (
-    REASONS, MailboxFilters, Page, get_or_404, mailbox_page, ops_page, page_number, state_counts,
-)
+
+bp = Blueprint("support", __name__, url_prefix="/support")
 
 READERS = ("support", "it")  # IT reads mailboxes too: most refusals are theirs to fix
 RUNS_PER_PAGE = 20
@@ -28,7 +28,7 @@ AUDIENCES = ("Mailbox owner", "Support", "IT", "Operators")
 def mailboxes():
     filters = MailboxFilters.from_request()
     page = mailbox_page(filters, page_number())
-    return ops_page(
+    return page_or_fragment(
         "support/mailboxes.html", "support/_mailbox_list.html",
         listing=page, filters=filters, counts=state_counts(), states=STATES, reasons=REASONS, providers=PROVIDERS,
     )
@@ -44,7 +44,7 @@ def mailbox(mailbox_id: int):
         .where(MailboxStateChange.mailbox_id == box.id).order_by(desc(MailboxStateChange.id)).limit(50)
     ).all()
     runs = _runs(box)
-    return ops_page(
+    return page_or_fragment(
         "support/mailbox.html", "support/mailbox.html",
         mailbox=box, history=history, runs=runs, live=_status(box), problem=_problem(box),
         may_sync=has_role(current_user, "support"), may_check=has_role(current_user, "support"),
@@ -56,7 +56,7 @@ def mailbox(mailbox_id: int):
 def mailbox_status(mailbox_id: int):
     """The live status line (state, queued or syncing, progress); polled while a sync is on."""
     box = get_or_404(Mailbox, mailbox_id)
-    return ops_page("support/status.html", "support/_status.html", mailbox=box, live=_status(box))
+    return page_or_fragment("support/status.html", "support/_status.html", mailbox=box, live=_status(box))
 
 
 @bp.get("/mailboxes/<int:mailbox_id>/why")
@@ -66,7 +66,7 @@ def why(mailbox_id: int):
     box = get_or_404(Mailbox, mailbox_id)
     result = diagnose.why(box, request.args.get("q", ""), support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")) \
         if "q" in request.args else None
-    return ops_page("support/why.html", "support/_why.html", mailbox=box, result=result,
+    return page_or_fragment("support/why.html", "support/_why.html", mailbox=box, result=result,
                             steps=_steps_with_audience)
 
 
@@ -74,10 +74,10 @@ def why(mailbox_id: int):
 @roles_required("support")
 def sync_now(mailbox_id: int):
     box = get_or_404(Mailbox, mailbox_id)
-    if box.state == "disconnected":
+    if box.state == DISCONNECTED:
         flash("This mailbox is disconnected: its owner must connect it again before it can sync.", "error")
         return redirect(url_for(".mailbox", mailbox_id=box.id))
-    was_problematic = box.state == "problematic"
+    was_problematic = box.state == PROBLEMATIC
     report = resync([box], current_user, trigger="resync" if was_problematic else "manual")
     if was_problematic:
         flash("The mailbox is syncing again: a sync was queued to check that the cause is fixed. "
@@ -125,7 +125,7 @@ def _problem(box: Mailbox) -> dict | None:
     if not reason:
         return None
     return {"reason": reason, "words": plain_words(reason), "detail": detail,
-            "steps": _steps_with_audience(reason), "retrying": box.state != "problematic"}
+            "steps": _steps_with_audience(reason), "retrying": box.state != PROBLEMATIC}
 
 
 def _steps_with_audience(reason: str) -> list[tuple[str | None, str]]:
