@@ -18,6 +18,18 @@ EIS_BASE_URL = None  # e.g. https://crm-mail.example.com: links the portal hands
 EIS_TIME_ZONE = "UTC"  # the organisation's time zone (IANA name); each user may choose their own
 MAX_CONTENT_LENGTH = 30 * 1024 * 1024
 
+# Security (README "Security"). Unset lists mean "no restriction" where that is safe to
+# say so, and the admin health page warns about it.
+EIS_HTTPS = False  # True: Secure cookies, HSTS, https links (behind a TLS-terminating proxy too)
+EIS_MAILBOX_DOMAINS = None  # comma-separated domains whose addresses may be connected; None: any
+EIS_MAIL_HOSTS_ALLOW = None  # comma-separated host names and CIDRs allowed although private/loopback
+EIS_REMEMBER_DAYS = 14  # how long "Keep me signed in" keeps a browser signed in
+EIS_API_TOKEN_DAYS = 365  # how long a new API token works
+EIS_SIGNIN_MAX_FAILURES = 10  # failed sign-ins of one account within EIS_SIGNIN_WINDOW_MINUTES before a lockout
+EIS_SIGNIN_MAX_FAILURES_PER_CLIENT = 50  # the same, from one client address, across accounts
+EIS_SIGNIN_WINDOW_MINUTES = 15
+EIS_SEND_MAX_BODY_BYTES = 1024 * 1024  # the text of an email sent from the CRM
+
 # Sync defaults; admins may override them at run time (Setting rows).
 EIS_BACKFILL_DAYS = 30
 EIS_SYNC_INTERVAL_MIN_MINUTES = 10
