@@ -15,7 +15,7 @@ from portal.mail import parse, rules
 from portal.models import Customer, Mailbox, OutgoingEmail, User
 from portal.queue import enqueue_send
 from portal.sending.checks import Draft, SendRefused, activities_not_permitted, check
-from portal.sending.compose import compose
+from portal.sending.compose import compose, wire_bytes
 from portal.timeutil import utcnow
 
 MAX_KEY_LENGTH = 150  # the stored key is "<user id>:<key>", in 200 characters
@@ -53,7 +53,7 @@ def accept(user: User, customer: Customer, draft: Draft, key: str | None = None,
     msg = compose(from_name=user.name or "", from_address=mailbox.address, to_name=customer.name,
                   to_address=customer.primary_email, cc=checked.cc, subject=checked.subject, body=draft.body,
                   attachments=draft.attachments)
-    raw = msg.as_bytes()
+    raw = wire_bytes(msg)  # read back first: SendRefused if a header came out that was not written
     parsed = parse.parse_message(raw)
     now = utcnow()
     email = matching.new_email(parsed, raw, key=parse.dedupe_key(parsed, raw), internal_date=now,

@@ -15,11 +15,13 @@ from portal.accounts import state
 from portal.accounts.sessions import smtp_endpoint
 from portal.addresses import normalise_address
 from portal.extensions import db
+from portal.mail import headers
 from portal.mail.errors import ACCOUNTS_PAGE, plain_words
 from portal.models import Customer, Mailbox, User
 from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC
 
 DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 MAX_SUBJECT_LENGTH = 900  # a header line may hold 998 characters
 MAX_CC = 50
 
@@ -70,7 +72,13 @@ def max_attachment_bytes() -> int:
     return int(current_app.config.get("EIS_SEND_MAX_ATTACHMENT_BYTES") or DEFAULT_MAX_ATTACHMENT_BYTES)
 
 
+def max_body_bytes() -> int:
+    return int(current_app.config.get("EIS_SEND_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
+
+
 def megabytes(size: int) -> str:
+    if size < 100 * 1024:  # "0.0 MB" says nothing: small limits (tests, tight set-ups) in KB or bytes
+        return f"{size} bytes" if size < 1024 else f"{size / 1024:.0f} KB"
     value = size / (1024 * 1024)
     return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
 
@@ -202,13 +210,33 @@ def check(user: User, customer: Customer, draft: Draft, *, accounts_url: str) ->
     elif len(subject) > MAX_SUBJECT_LENGTH:
         problems.append(Problem("subject_too_long", f"The subject is longer than {MAX_SUBJECT_LENGTH} characters.",
                                 422, "subject"))
-    if not (draft.body or "").strip():
+    elif found := headers.control_characters(subject):
+        # What the person typed in this send is refused, not changed: they can fix it.
+        problems.append(Problem("subject_invalid",
+                                f"The subject holds {headers.describe(found)} once its encoded words (=?...?=) "
+                                "are decoded, which would break the email's headers. Type the subject as plain "
+                                "text on one line.", 422, "subject"))
+    body_limit = max_body_bytes()
+    body_size = len((draft.body or "").encode("utf-8", "surrogatepass"))
+    if body_size > body_limit:
+        problems.append(body_too_large(body_size, body_limit))
+    elif not (draft.body or "").strip():
         problems.append(Problem("body_empty", "Write the email: its body is empty.", 422, "body"))
     cc, bad = parse_cc(draft.cc)
+    unsafe = [(name, address) for name, address in cc
+              if headers.control_characters(name) or headers.control_characters(address)]
     if bad:
         verb = "is not a valid email address" if len(bad) == 1 else "are not valid email addresses"
         problems.append(Problem("invalid_cc", f"Cc: {', '.join(repr(b) for b in bad)} {verb}. "
                                 "Separate addresses with commas.", 422, "cc", extra={"invalid": bad}))
+    elif unsafe:
+        found = list(dict.fromkeys(c for name, address in unsafe
+                                   for c in headers.control_characters(name) + headers.control_characters(address)))
+        entries = [f"{name} <{address}>" if name else address for name, address in unsafe]
+        problems.append(Problem("invalid_cc",
+                                f"Cc: {', '.join(repr(e) for e in entries)} holds {headers.describe(found)} once "
+                                "its encoded words (=?...?=) are decoded, which would break the email's headers. "
+                                "Type names and addresses as plain text.", 422, "cc", extra={"invalid": entries}))
     elif len(cc) > MAX_CC:
         problems.append(Problem("invalid_cc", f"Cc holds {len(cc)} addresses; at most {MAX_CC} are allowed.",
                                 422, "cc"))
@@ -219,6 +247,13 @@ def check(user: User, customer: Customer, draft: Draft, *, accounts_url: str) ->
     to = customer.primary_email
     cc = [(name, address) for name, address in cc if address != to]
     return Checked(problems, mailbox, subject, cc)
+
+
+def body_too_large(size: int, limit: int) -> Problem:
+    return Problem("body_too_large",
+                   f"The email's text may be at most {megabytes(limit)}; this one is {megabytes(size)}. "
+                   "Shorten it, or send the long part as an attachment.", 413, "body",
+                   extra={"limit_bytes": limit})
 
 
 def attachment_too_large(total: int | None, limit: int) -> Problem:

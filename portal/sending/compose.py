@@ -1,5 +1,7 @@
 """Composing the message as it is sent, saved in Sent and stored: one set of bytes everywhere.
-What the person typed is never taken as HTML."""
+What the person typed is never taken as HTML. Every header value is cleaned after decoding
+its encoded words (mail/headers.py), and the bytes are read back before anything uses them:
+a header the product did not write refuses the send (security review, item 3)."""
 from __future__ import annotations
 
 import html
@@ -11,8 +13,9 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
+from portal.mail import headers
 from portal.mail.smtp import needs_smtputf8, wire_address
-from portal.sending.checks import Attachment, one_line
+from portal.sending.checks import Attachment, Problem, SendRefused, one_line
 
 
 def html_from_text(text: str) -> str:
@@ -29,8 +32,10 @@ def html_from_text(text: str) -> str:
 
 
 def _address(name: str, address: str) -> Address:
+    # Names come from stored data (the CRM's customer, the rep's own name; Cc names are
+    # checked when typed): cleaned, not refused, so that an old name never blocks sending.
     local, _, domain = wire_address(address).rpartition("@")
-    return Address(display_name=one_line(name), username=local, domain=domain)
+    return Address(display_name=one_line(headers.clean(name)), username=local, domain=domain)
 
 
 def compose(*, from_name: str, from_address: str, to_name: str, to_address: str,
@@ -43,7 +48,7 @@ def compose(*, from_name: str, from_address: str, to_name: str, to_address: str,
     msg["To"] = _address(to_name, to_address)
     if cc:
         msg["Cc"] = [_address(name, address) for name, address in cc]
-    msg["Subject"] = subject
+    msg["Subject"] = one_line(headers.clean(subject))  # checks.py refused an unsafe one already
     msg["Date"] = format_datetime(when or datetime.now(timezone.utc))
     msg["Message-ID"] = make_msgid(domain=from_address.rpartition("@")[2])
     text = body.replace("\r\n", "\n").replace("\r", "\n")
@@ -52,14 +57,40 @@ def compose(*, from_name: str, from_address: str, to_name: str, to_address: str,
     msg.add_alternative(html_from_text(body), subtype="html", cte="quoted-printable")
     for item in attachments:
         maintype, _, subtype = item.content_type.partition("/")
-        msg.add_attachment(item.data, maintype=maintype, subtype=subtype, filename=item.filename)
+        msg.add_attachment(item.data, maintype=maintype, subtype=subtype, filename=clean_filename(item.filename))
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]  # the email package repeats it on parts; it belongs at the top only
     return msg
 
 
+def wire_bytes(msg: EmailMessage) -> bytes:
+    """The message's bytes, read back first: raises SendRefused unless each part carries
+    exactly the headers compose() wrote (a defence in depth against CVE-2024-6923, header
+    folding that writes a line break as it is)."""
+    try:
+        raw = msg.as_bytes()
+    except Exception as exc:  # the email package refusing a value: a refusal, never a 500
+        raise SendRefused([message_invalid(f"it could not be written ({type(exc).__name__})")]) from None
+    mismatch = headers.unexpected_headers(msg, raw)
+    if mismatch:
+        raise SendRefused([message_invalid(mismatch)])
+    return raw
+
+
+def message_invalid(detail: str) -> Problem:
+    return Problem("message_invalid",
+                   f"The email was not sent: put together, {detail}, so it would not say what was written. "
+                   "Remove unusual characters (line breaks, encoded words like =?utf-8?...?=) from the subject, "
+                   "Cc, names and file names and try again; if it happens again, tell support.",
+                   422, extra={"detail": detail})
+
+
 def clean_filename(name: str | None) -> str:
-    """A display name for an uploaded file: no path, no control characters."""
-    name = re.split(r"[\\/]", name or "")[-1]
-    name = re.sub(r"[\x00-\x1f\x7f]+", " ", name).strip().strip(".") or "attachment"
+    """A display name for an uploaded file: its encoded words decoded, no path, no control
+    characters. Cleaned rather than refused: a file's name is seldom chosen by the sender."""
+    name = re.split(r"[\\/]", headers.clean(name))[-1]
+    name = name.strip().strip(".").strip() or "attachment"
     return name[:200]
 
 

@@ -12,6 +12,7 @@ from portal.web.api.validation import (
     address,
     check_fields,
     external_id,
+    header_string,
     json_body,
     number_arg,
     string,
@@ -33,7 +34,7 @@ def put_customer(external: str):
     external = external_id(external)
     data = json_body()
     check_fields(data, required={"name"}, optional={"primary_email", "primary_email_since", "additional_emails"})
-    name = string(data, "name")
+    name = header_string(data, "name")  # the To's display name of every email sent to them
     primary = data.get("primary_email")
     primary = None if primary in (None, "") else address(primary, "primary_email")
     since = None
@@ -68,7 +69,7 @@ def put_deal(external: str):
     external = external_id(external)
     data = json_body()
     check_fields(data, required={"name", "customers"}, optional={"owner_email"})
-    name = string(data, "name")
+    name = header_string(data, "name")  # refused alike: a name shown with the customer's emails
     owner = data.get("owner_email")
     owner = None if owner in (None, "") else address(owner, "owner_email")
     members = data["customers"]

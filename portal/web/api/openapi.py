@@ -26,6 +26,9 @@ WRITE_ERRORS = {
     "415": _error("Body is not JSON"),
     "422": _error("A field is unknown, missing or invalid (`fields`/`field` names it); nothing was written"),
 }
+HEADER_TEXT = ("no control characters (CR, LF, NUL, ESC, U+2028, ...), also none inside an RFC 2047 "
+               "encoded word (=?utf-8?q?...?=) once decoded: names are written into email headers. "
+               "Else 422 invalid_field naming the field")
 
 ADDRESS = {"type": "string", "format": "email"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -40,14 +43,17 @@ SCHEMAS = {
     "CustomerInput": {
         "type": "object", "additionalProperties": False, "required": ["name"],
         "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 300},
+            "name": {"type": "string", "minLength": 1, "maxLength": 300,
+                     "description": "the To's display name of email sent to the customer; " + HEADER_TEXT},
             "primary_email": {"type": ["string", "null"], "format": "email",
                               "description": "null or empty removes the primary address (history kept)"},
             "primary_email_since": {"type": ["string", "null"], "format": "date-time",
                                     "description": "when a changed primary_email became primary; default now. "
                                                    "A customer's first address matches email of any date."},
             "additional_emails": {"type": "array", "items": ADDRESS,
-                                  "description": "contact addresses; never matched against email"},
+                                  "description": "contact addresses; never matched against email. An address "
+                                                 "whose encoded words decode to a control character is "
+                                                 "refused (422 invalid_email), as for primary_email"},
         },
     },
     "Customer": {
@@ -65,7 +71,7 @@ SCHEMAS = {
     "DealInput": {
         "type": "object", "additionalProperties": False, "required": ["name", "customers"],
         "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 300},
+            "name": {"type": "string", "minLength": 1, "maxLength": 300, "description": HEADER_TEXT},
             "owner_email": {"type": ["string", "null"], "format": "email", "description": "an existing user"},
             "customers": {"type": "array", "description": "each customer once, at most one primary",
                           "items": {"type": "object", "additionalProperties": False,
@@ -164,19 +170,28 @@ SCHEMAS = {
         "description": "Every field is checked and each failed precondition has its own error code: "
                        "activities_not_permitted (403), no_mailbox, mailbox_not_found (404), mailbox_disconnected "
                        "(409), mailbox_problematic (409, with reason and reconnect_url), mailbox_cannot_send, "
-                       "customer_has_no_email, subject_missing, subject_too_long, body_empty, invalid_cc, "
-                       "attachment_too_large (413, with limit_bytes). Nothing is sent when any fails.",
+                       "customer_has_no_email, subject_missing, subject_too_long, subject_invalid, body_empty, "
+                       "body_too_large (413, with limit_bytes), invalid_cc, attachment_too_large (413, with "
+                       "limit_bytes), message_invalid (the composed message, read back, carried a header that "
+                       "was not written; with detail). Nothing is logged or sent when any fails.",
         "properties": {
             "mailbox_id": {"type": "integer", "description": "one of the token user's own connected mailboxes"},
-            "subject": {"type": "string", "minLength": 1, "maxLength": 900},
+            "subject": {"type": "string", "minLength": 1, "maxLength": 900,
+                        "description": "one line; a control character in it, also inside an encoded word "
+                                       "(=?utf-8?q?...=0D=0A...?=) once decoded, is refused: subject_invalid"},
             "body": {"type": "string", "minLength": 1,
-                     "description": "plain text; sent as text and as HTML made from it (escaped, line breaks kept)"},
+                     "description": "plain text; sent as text and as HTML made from it (escaped, line breaks "
+                                    "kept). At most 1 MB of UTF-8 (EIS_SEND_MAX_BODY_BYTES): else 413 "
+                                    "body_too_large"},
             "cc": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
-                   "description": "addresses, as a list or one comma-separated string"},
+                   "description": "addresses, as a list or one comma-separated string; a name or address "
+                                  "whose encoded words decode to a control character is refused: invalid_cc"},
             "idempotency_key": {"type": "string", "maxLength": 150,
                                 "description": "the same key again returns the first email (200) and sends nothing; "
                                                "also accepted as the Idempotency-Key header"},
-            "attachments": {"type": "array", "description": "at most 10 MB in total (EIS_SEND_MAX_ATTACHMENT_BYTES)",
+            "attachments": {"type": "array", "description": "at most 10 MB in total (EIS_SEND_MAX_ATTACHMENT_BYTES); "
+                                                             "a filename's encoded words are decoded and its control "
+                                                             "characters become spaces",
                             "items": {"type": "object", "additionalProperties": False,
                                       "required": ["filename", "content_base64"],
                                       "properties": {"filename": {"type": "string"},
@@ -216,7 +231,9 @@ PATHS = {
         "put": {
             "summary": "Create or update a customer (roles: admin, it)",
             "description": "A changed primary_email closes the old address's history entry and opens a new one "
-                           "at primary_email_since (default now). Emails already logged stay.",
+                           "at primary_email_since (default now). Emails already logged stay. A name or address "
+                           "holding a line break or another control character, also inside an encoded word "
+                           "(=?utf-8?q?...?=) once decoded, is refused with 422 naming the field; nothing is saved.",
             "parameters": [EXTERNAL_ID], "requestBody": _body("CustomerInput"),
             "responses": {"200": _json("Customer", "Updated"), "201": _json("Customer", "Created"),
                           **COMMON_ERRORS, **WRITE_ERRORS},
@@ -229,6 +246,8 @@ PATHS = {
     "/deals/{external_id}": {
         "put": {
             "summary": "Create or update a deal and its customers (roles: admin, it)",
+            "description": "A name holding a control character (also inside an encoded word once decoded) is "
+                           "refused with 422 invalid_field; nothing is saved.",
             "parameters": [EXTERNAL_ID], "requestBody": _body("DealInput"),
             "responses": {"200": _json("Deal", "Updated"), "201": _json("Deal", "Created"),
                           **COMMON_ERRORS, **WRITE_ERRORS},
@@ -263,11 +282,11 @@ PATHS = {
                           "403": _error("activities_not_permitted"),
                           "404": _error("No such customer (not_found), or mailbox_not_found"),
                           "409": _error("mailbox_problematic (reason, reconnect_url) or mailbox_disconnected"),
-                          "413": _error("attachment_too_large (limit_bytes)"),
+                          "413": _error("attachment_too_large or body_too_large (limit_bytes)"),
                           **WRITE_ERRORS,
                           "422": _error("no_mailbox, mailbox_not_found, mailbox_cannot_send, customer_has_no_email, "
-                                        "subject_missing, subject_too_long, body_empty, invalid_cc, or invalid "
-                                        "input")},
+                                        "subject_missing, subject_too_long, subject_invalid, body_empty, invalid_cc, "
+                                        "message_invalid, or invalid input")},
         },
     },
     "/outgoing-emails/{outgoing_id}": {
