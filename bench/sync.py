@@ -95,6 +95,7 @@ def app_config(database_url: str, redis_url: str, key: str) -> dict:
         "EIS_ENCRYPTION_KEYS": key,
         "EIS_PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
         "WTF_CSRF_ENABLED": False,
+        "EIS_MAIL_HOSTS_ALLOW": "127.0.0.1",  # the bench's Dovecot runs on loopback
     }
 
 

@@ -17,6 +17,8 @@ from portal.accounts.oauth.tokens import store_tokens
 from portal.accounts.sessions import imap_session
 from portal.extensions import db
 from portal.mail.errors import Classified, classify_exception, plain_words
+from portal.mail.hosts import HostRefused
+from portal.mail.imap import NotImapServer
 from portal.models import Mailbox, User
 from portal.models.audit import record
 from portal.timeutil import utcnow
@@ -52,12 +54,23 @@ def try_login(settings: ImapSettings) -> list[str]:
         with imap_session(settings.imap_host, settings.imap_port, settings.imap_security, linking=True) as session:
             session.login_password(settings.login, settings.password)
             return sorted(session.capabilities())
+    except (HostRefused, NotImapServer) as exc:
+        raise _not_tried(exc) from None
     except Exception as exc:  # every failure is classified and told to the user
         classified = classify_exception(exc)
         code = {"auth_failed": "authentication_failed", "tls_error": "tls_failed",
                 "server_unreachable": "connection_failed"}.get(classified.reason, classified.reason)
         raise LinkError(code, f"{_link_words(classified)} The server said: {classified.detail}", status=422,
                         classified=classified, words=_link_words(classified)) from None
+
+
+def _not_tried(exc: HostRefused | NotImapServer) -> LinkError:
+    """Our own words, not a mail server's: an internal address, or not an IMAP server at all
+    (what such a server sent is never shown: it may be another service's banner)."""
+    if isinstance(exc, HostRefused):
+        return LinkError("host_not_allowed", str(exc), status=422)
+    return LinkError("not_an_imap_server", f"{exc} Check the host name, the port and the security setting.",
+                     status=422)
 
 
 def _link_words(c: Classified) -> str:
@@ -130,6 +143,10 @@ def link_oauth_mailbox(user: User, auth: Authorization, flow: Flow) -> tuple[Mai
         raise LinkError("already_connected", f"{auth.address} is already connected to your account.", status=409)
     try:
         capabilities = try_imap(provider, auth.address, auth.token["access_token"])
+    except (HostRefused, NotImapServer) as exc:
+        refused = _not_tried(exc)
+        raise LinkError(refused.code, f"{provider.title} accepted the sign-in, but its IMAP server was not "
+                        f"tried: {refused}", status=refused.status) from None
     except Exception as exc:  # every failure is classified and told to the user
         classified = classify_exception(exc)
         raise LinkError(classified.reason, f"{provider.title} accepted the sign-in, but its mail server refused "

@@ -1,6 +1,10 @@
 """Sessions with a mailbox's own mail servers, logged in with its stored credentials: the
 password, or an OAuth access token over XOAUTH2, refreshed once when the server refuses it
-(DESIGN auth_failed for OAuth). The caller closes the session."""
+(DESIGN auth_failed for OAuth). The caller closes the session.
+
+Every connection to a mailbox's servers starts here (linking, the sync, sending, the Sent
+copy, support's why-check), so the deployment's host policy (mail/hosts.py: no internal
+addresses unless EIS_MAIL_HOSTS_ALLOW allows them) is applied here, once."""
 from __future__ import annotations
 
 import logging
@@ -12,12 +16,13 @@ from portal import crypto
 from portal.accounts.oauth.failures import OAuthFailure
 from portal.accounts.oauth.tokens import access_token_for
 from portal.mail.errors import classify_exception
+from portal.mail.hosts import HostPolicy, HostRefused
 from portal.mail.imap import ImapSession
 from portal.mail.smtp import SmtpSession
 from portal.models import Mailbox
 
 log = logging.getLogger(__name__)
-LINK_TIMEOUT_SECONDS = 30  # a person waits for the first login: shorter than a sync's
+LINK_TIMEOUT_SECONDS = 10  # a person waits for the first login: connect and each read, shorter than a sync's
 DEFAULT_SMTP_TIMEOUT_SECONDS = 60
 # Microsoft and Google mailboxes linked by OAuth may come without SMTP settings.
 PROVIDER_SMTP = {
@@ -30,12 +35,21 @@ class SmtpNotConfigured(RuntimeError):
     mail_fault = True  # the account has no SMTP server to send through: not a bug
 
 
+def mail_hosts() -> HostPolicy:
+    """The hosts the product may connect to (EIS_MAIL_HOSTS_ALLOW on top of the public ones)."""
+    return HostPolicy.from_setting(current_app.config.get("EIS_MAIL_HOSTS_ALLOW"))
+
+
 def imap_session(host: str, port: int, security: str, *, linking: bool = False) -> ImapSession:
-    """A connection to an IMAP server with the deployment's time-out and private CA."""
+    """A connection to an IMAP server with the deployment's host policy, time-out and private CA."""
     config = current_app.config
     timeout = config["EIS_IMAP_TIMEOUT_SECONDS"]
-    return ImapSession(host, port, security, timeout=min(LINK_TIMEOUT_SECONDS, timeout) if linking else timeout,
-                       ca_file=config.get("EIS_TLS_CA_FILE"))
+    try:
+        return ImapSession(host, port, security, timeout=min(LINK_TIMEOUT_SECONDS, timeout) if linking else timeout,
+                           ca_file=config.get("EIS_TLS_CA_FILE"), hosts=mail_hosts())
+    except HostRefused as exc:
+        _log_refused(exc, "IMAP")
+        raise
 
 
 def open_imap(mailbox: Mailbox) -> ImapSession:
@@ -93,6 +107,16 @@ def _connect_smtp(mailbox: Mailbox) -> SmtpSession:
     if host is None:
         raise SmtpNotConfigured(f"{mailbox.address} has no SMTP server")
     config = current_app.config
-    return SmtpSession(host, port, security,
-                       timeout=float(config.get("EIS_SMTP_TIMEOUT_SECONDS") or DEFAULT_SMTP_TIMEOUT_SECONDS),
-                       ca_file=config.get("EIS_TLS_CA_FILE"), helo=config.get("EIS_SMTP_HELO_NAME") or None)
+    try:
+        return SmtpSession(host, port, security,
+                           timeout=float(config.get("EIS_SMTP_TIMEOUT_SECONDS") or DEFAULT_SMTP_TIMEOUT_SECONDS),
+                           ca_file=config.get("EIS_TLS_CA_FILE"), helo=config.get("EIS_SMTP_HELO_NAME") or None,
+                           hosts=mail_hosts())
+    except HostRefused as exc:
+        _log_refused(exc, "SMTP")
+        raise
+
+
+def _log_refused(exc: HostRefused, protocol: str) -> None:
+    log.warning("refused to connect to the %s server %s:%s: it resolves to %s, an internal address "
+                "(EIS_MAIL_HOSTS_ALLOW allows in-house servers)", protocol, exc.host, exc.port, exc.address)

@@ -194,6 +194,13 @@ def plain_words(reason: str) -> str:
 
 # What the network and TLS layers say (Python's and the OS's words), as a person would say it.
 _DETAIL_WORDS = (
+    # Our own words (mail/hosts.py, imap.py, smtp.py): nothing was tried, or not a mail server.
+    (re.compile(r"is at a private or internal address"),
+     "The mail server's address is private or internal: the CRM does not connect to it unless an "
+     "administrator allows it (EIS_MAIL_HOSTS_ALLOW)."),
+    (re.compile(r"did not answer as an (?:IMAP|SMTP) server"),
+     "Something answered at that address and port, but not as a mail server: check the port and the "
+     "security setting."),
     (re.compile(r"connection refused|errno 111\b", re.I), "The mail server refused the connection."),
     (re.compile(r"timed? ?out|errno 110\b", re.I), "The mail server did not answer in time."),
     (re.compile(r"name or service not known|nodename nor servname|getaddrinfo failed|"

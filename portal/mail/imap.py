@@ -4,17 +4,20 @@ Thin on purpose: it speaks the protocol and hands back plain data; sync.py decid
 """
 from __future__ import annotations
 
+import imaplib
 import re
+import socket
 import ssl
 import types
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from imapclient import IMAPClient
+from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
 
+from portal.mail.hosts import HostPolicy, Target
 from portal.mail.xoauth2 import Xoauth2
 
 SKIP_SPECIAL_USE = {"\\Drafts", "\\Junk", "\\Trash"}
@@ -56,16 +59,97 @@ class HeaderRecord:
     header: bytes
 
 
+class NotImapServer(imaplib.IMAP4.error):
+    """Something answered, but not as an IMAP server: said in words, never with its bytes
+    (they may be another service's banner on the internal network)."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(f"The server at {host}:{port} did not answer as an IMAP server.")
+
+
+# An IMAP greeting (RFC 9051 7.1): "* OK", "* PREAUTH" or "* BYE", in any case.
+_GREETINGS = (b"* OK", b"* PREAUTH", b"* BYE")
+_GREETING = re.compile(rb"\* (?:OK|PREAUTH|BYE)\b", re.IGNORECASE)
+
+
+class _Connect:
+    """imaplib's connection, opened to the checked address (hosts.Target) while `host` stays
+    the name, for TLS (SNI and the certificate check, STARTTLS's too); the greeting is looked
+    at before imaplib reads it, so another service's banner fails at once and unechoed."""
+
+    _target: Target | None
+    _timeout: float | None
+
+    def _tcp(self, timeout: float | None) -> socket.socket:
+        timeout = timeout if timeout is not None else self._timeout
+        if self._target is None:
+            return socket.create_connection((self.host, self.port), timeout)
+        return self._target.connect(timeout)
+
+    def _connect(self) -> None:
+        head = self.file.peek(len(_GREETINGS[1]))[:len(_GREETINGS[1])]
+        if head and not any(g[:len(head)] == head.upper()[:len(g)] for g in _GREETINGS):
+            raise NotImapServer(self.host, self.port)
+        try:
+            super()._connect()
+        except imaplib.IMAP4.abort as exc:
+            if str(exc).startswith("unexpected response"):  # imaplib would show the bytes
+                raise NotImapServer(self.host, self.port) from None
+            raise
+        except imaplib.IMAP4.error:
+            if not _GREETING.match(getattr(self, "welcome", None) or b""):
+                raise NotImapServer(self.host, self.port) from None
+            raise  # "* BYE [UNAVAILABLE] ...": the server's own words
+
+
+class _Imap4(_Connect, imap4.IMAP4WithTimeout):
+    def __init__(self, host: str, port: int, timeout: float | None, target: Target | None):
+        self._target = target
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout=None):
+        return self._tcp(timeout)
+
+
+class _Imap4Tls(_Connect, tls.IMAP4_TLS):
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None, timeout: float | None,
+                 target: Target | None):
+        self._target = target
+        super().__init__(host, port, context, timeout)
+
+    def _create_socket(self, timeout=None):
+        return tls.wrap_socket(self._tcp(timeout), self.ssl_context, self.host)
+
+
+class _Client(IMAPClient):
+    """IMAPClient on _Imap4 / _Imap4Tls (it builds its imaplib object in _create_IMAP4)."""
+
+    def __init__(self, host: str, target: Target | None, **kwargs):
+        self._target = target
+        super().__init__(host, **kwargs)
+
+    def _create_IMAP4(self):
+        connect_timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _Imap4Tls(self.host, self.port, self.ssl_context, connect_timeout, self._target)
+        return _Imap4(self.host, self.port, connect_timeout, self._target)
+
+
 class ImapSession:
-    """A connected, logged-in IMAP session. Use as a context manager."""
+    """A connected, logged-in IMAP session. Use as a context manager.
+
+    With `hosts` (the product always passes one: accounts/sessions.py) the host is resolved
+    and checked once and the connection goes to the checked address (HostRefused if it is
+    internal and not allowed); without it, it is connected by name (tests, tools)."""
 
     def __init__(self, host: str, port: int, security: str, *, timeout: float = 60,
-                 ca_file: str | None = None):
+                 ca_file: str | None = None, hosts: HostPolicy | None = None):
         self.host, self.port, self.security = host, port, security
         self.commands = 0
+        target = hosts.check(host, port) if hosts is not None else None
         context = ssl.create_default_context(cafile=ca_file) if security in ("ssl", "starttls") else None
-        self.client = IMAPClient(host, port=port, ssl=security == "ssl", ssl_context=context,
-                                 timeout=SocketTimeout(connect=min(timeout, 20), read=timeout))
+        self.client = _Client(host, target, port=port, ssl=security == "ssl", ssl_context=context,
+                              timeout=SocketTimeout(connect=min(timeout, 20), read=timeout))
         self.client.normalise_times = False  # keep INTERNALDATE's zone; we convert to UTC
         self._count_commands()
         if security == "starttls":

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import socket
 import ssl
 
+from portal.mail.hosts import HostPolicy, Target
 from portal.mail.xoauth2 import Xoauth2
 
 
@@ -28,16 +30,68 @@ def needs_smtputf8(addresses: list[str]) -> bool:
     return any(not wire_address(a).isascii() for a in addresses)
 
 
+class NotSmtpServer(smtplib.SMTPException):
+    """Something answered, but not as an SMTP server: said in words, never with its bytes."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(f"The server at {host}:{port} did not answer as an SMTP server.")
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's connection, opened to the checked address (hosts.Target) while `_host` stays
+    the name, for TLS (SNI and the certificate check, STARTTLS's too); a greeting that does not
+    start with a reply code fails at once, without its bytes."""
+
+    def __init__(self, host: str, port: int, *, target: Target | None, **kwargs):
+        self._target, self._greeted, self._port_asked = target, False, port
+        super().__init__(host, port, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        if self._target is None:
+            return socket.create_connection((host, port), timeout, self.source_address)
+        return self._target.connect(timeout)
+
+    def getreply(self):
+        if self._greeted:
+            return super().getreply()
+        self._greeted = True
+        if self.file is None:
+            self.file = self.sock.makefile("rb")
+        try:
+            head = self.file.peek(3)[:3]
+        except OSError as exc:
+            self.close()
+            raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}") from None
+        if head and not head.isdigit():
+            self.close()
+            raise NotSmtpServer(self._host, self._port_asked)
+        code, message = super().getreply()
+        if code == -1:  # not a reply code: smtplib would show the bytes
+            self.close()
+            raise NotSmtpServer(self._host, self._port_asked)
+        return code, message
+
+
+class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
+    def _get_socket(self, host, port, timeout):
+        return self.context.wrap_socket(_Smtp._get_socket(self, host, port, timeout), server_hostname=self._host)
+
+
 class SmtpSession:
-    """A connected SMTP session (EHLO done, TLS set up as asked). Use as a context manager."""
+    """A connected SMTP session (EHLO done, TLS set up as asked). Use as a context manager.
+
+    With `hosts` (the product always passes one: accounts/sessions.py) the host is resolved
+    and checked once and the connection goes to the checked address (HostRefused if it is
+    internal and not allowed); without it, it is connected by name (tests, tools)."""
 
     def __init__(self, host: str, port: int, security: str, *, timeout: float = 60,
-                 ca_file: str | None = None, helo: str | None = None):
+                 ca_file: str | None = None, helo: str | None = None, hosts: HostPolicy | None = None):
+        target = hosts.check(host, port) if hosts is not None else None
         context = ssl.create_default_context(cafile=ca_file) if security in ("ssl", "starttls") else None
         if security == "ssl":
-            self.smtp = smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=timeout, context=context)
+            self.smtp = _SmtpSsl(host, port, target=target, local_hostname=helo, timeout=timeout, context=context)
         else:
-            self.smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+            self.smtp = _Smtp(host, port, target=target, local_hostname=helo, timeout=timeout)
         try:
             self.smtp.ehlo()
             if security == "starttls":
