@@ -89,7 +89,9 @@ def main() -> int:
 
     instance = Path(os.environ.get("EIS_INSTANCE_PATH", ROOT / "instance"))
     instance.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, EIS_INSTANCE_PATH=str(instance), FLASK_APP="portal",
+    # The demo's mail servers run on loopback, which the product refuses unless allowed.
+    allow = ",".join(filter(None, (os.environ.get("EIS_MAIL_HOSTS_ALLOW"), "127.0.0.1")))
+    env = dict(os.environ, EIS_INSTANCE_PATH=str(instance), FLASK_APP="portal", EIS_MAIL_HOSTS_ALLOW=allow,
                EIS_SYNC_INTERVAL_MIN_MINUTES="1", EIS_SYNC_INTERVAL_MAX_MINUTES="2")
     os.environ.update(env)
 
