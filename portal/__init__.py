@@ -45,13 +45,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The app's parts are imported here, not at the top: `import portal.mail.rules` (or any
     # portal module) runs this file first, and must not pull in the whole web layer.
     from portal import cli, extensions, models, queue, web
-    from portal.extensions import csrf, db, htmx, login_manager, migrate
+    from portal.extensions import csrf, db, htmx, limiter, login_manager, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(root / "migrations"), render_as_batch=True)
     login_manager.init_app(app)
     csrf.init_app(app)
     htmx.init_app(app)
+    _rate_limit_storage(app)
+    limiter.init_app(app)
     queue.init_app(app)
     web.init_app(app)
     cli.init_app(app)
@@ -92,6 +94,15 @@ def _normalise_db_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
+
+
+def _rate_limit_storage(app: Flask) -> None:
+    """Rate-limit counters in the deployment's Redis. The embedded Redis of a single-process
+    development set-up (no REDIS_URL) is not reachable by URL: its counters stay in memory.
+    When Redis is away, sign-in is not refused for that (RATELIMIT_SWALLOW_ERRORS)."""
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", "eis:ratelimit")
 
 
 def _refuse_unsafe_secret(app: Flask) -> None:

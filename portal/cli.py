@@ -2,7 +2,7 @@
 import os
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from flask_migrate import upgrade
 from sqlalchemy import select
@@ -10,7 +10,9 @@ from sqlalchemy import select
 from portal.addresses import normalise_address
 from portal.extensions import db
 from portal.models import ApiToken, User
+from portal.models.audit import record
 from portal.models.users import ROLES
+from portal.timeutil import isoformat, utcnow
 
 eis = AppGroup("eis", help="Email Integration Service operator commands.")
 user_cli = AppGroup("user", help="Manage portal users.")
@@ -61,12 +63,55 @@ def user_create(email, role, password_env, name, no_activities, no_emails) -> No
 
 @token_cli.command("create")
 @click.option("--user", "email", required=True, help="The user the token acts as.")
-def token_create(email) -> None:
+@click.option("--days", type=click.IntRange(1, 3650), default=None,
+              help="How long it works (default EIS_API_TOKEN_DAYS, 365).")
+def token_create(email, days) -> None:
     """Print a new API token acting as the user (shown once; only its hash is stored)."""
+    user = _user(email)
+    days = days or int(current_app.config["EIS_API_TOKEN_DAYS"])
+    row, token = ApiToken.issue(user, days)
+    db.session.add(row)
+    record("api_token_created", None, user, token=row.prefix, expires=isoformat(row.expires_at), by="cli")
+    db.session.commit()
+    click.echo(token)
+    click.echo(f"(token {row.prefix}..., acting as {user.email}, expires {isoformat(row.expires_at)})", err=True)
+
+
+@token_cli.command("list")
+@click.option("--user", "email", help="Only this user's tokens.")
+@click.option("--all", "show_all", is_flag=True, help="Also expired and revoked ones.")
+def token_list(email, show_all) -> None:
+    """List API tokens: id, prefix, user, created, last used, expires, state."""
+    statement = select(ApiToken, User.email).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
+    if email:
+        statement = statement.where(User.id == _user(email).id)
+    for row, owner in db.session.execute(statement):
+        state = "revoked" if row.revoked_at else ("live" if row.live else "expired")
+        if state != "live" and not show_all:
+            continue
+        click.echo("\t".join([str(row.id), row.prefix, owner, isoformat(row.created_at) or "-",
+                              isoformat(row.last_used_at) or "never", isoformat(row.expires_at) or "-", state]))
+
+
+@token_cli.command("revoke")
+@click.argument("token")
+def token_revoke(token) -> None:
+    """Revoke a token by its id or its prefix (as `token list` shows them): it stops working at once."""
+    statement = select(ApiToken).where(ApiToken.prefix == token) if not token.isdigit() \
+        else select(ApiToken).where(ApiToken.id == int(token))
+    rows = db.session.scalars(statement).all()
+    if len(rows) != 1:
+        raise click.UsageError(f"no single token {token!r}: use an id or a prefix from `token list`")
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        record("api_token_revoked", None, row.user, token=row.prefix, by="cli")
+        db.session.commit()
+    click.echo(f"token {row.prefix}... revoked")
+
+
+def _user(email: str) -> User:
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         raise click.UsageError(f"no user {email}")
-    row, token = ApiToken.issue(user)
-    db.session.add(row)
-    db.session.commit()
-    click.echo(token)
+    return user

@@ -2,6 +2,8 @@
 import sqlite3
 
 from flask_htmx import HTMX
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -22,6 +24,9 @@ migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 htmx = HTMX()
+# Rate limits (sign-in): counters in Redis (RATELIMIT_STORAGE_URI, set by create_app);
+# a moving window, so a lockout lasts until the oldest failure is a window old.
+limiter = Limiter(key_func=get_remote_address, strategy="moving-window", headers_enabled=True)
 
 
 @event.listens_for(Engine, "connect")

@@ -21,7 +21,7 @@ class World:
         return user
 
     def token(self, user: User) -> str:
-        row, token = ApiToken.issue(user)
+        row, token = ApiToken.issue(user, days=30)
         db.session.add(row)
         db.session.commit()
         return token

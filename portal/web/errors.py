@@ -18,6 +18,8 @@ def init_app(app: Flask) -> None:
 
 
 def http_error(exc: HTTPException):
+    if exc.response is not None:  # the view's own answer (a rate limit's page, say)
+        return exc.response
     if request.path.startswith("/api/"):
         return api_error(exc.code or 500, ERROR_CODES.get(exc.code or 500, "error"), exc.description or exc.name)
     template = "errors/403.html" if exc.code == 403 else "errors/error.html"

@@ -92,8 +92,10 @@ def edit_user(user_id: int):
             flash(f"{user.email} changed ({changed}).", "success")
             return redirect(url_for(".users"))
     status = 400 if request.method == "POST" else 200
+    tokens = db.session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())).all()
     return render_template("admin/user_edit.html", user=user, form=form, roles=ROLES,
-                           link=session.pop(SHOWN_LINK, {}).get(str(user.id)), tokens=_live_tokens(user)), status
+                           link=session.pop(SHOWN_LINK, {}).get(str(user.id)), api_tokens=tokens,
+                           tokens=sum(1 for t in tokens if t.live)), status
 
 
 @bp.post("/users/<int:user_id>/invite")
@@ -133,6 +135,21 @@ def disable(user_id: int):
     return redirect(url_for(".users"))
 
 
+@bp.post("/users/<int:user_id>/tokens/<int:token_id>/revoke")
+@roles_required()
+def revoke_token(user_id: int, token_id: int):
+    user = get_or_404(User, user_id)
+    token = get_or_404(ApiToken, token_id)
+    if token.user_id != user.id:
+        abort(404)
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        record("api_token_revoked", current_user, user, token=token.prefix)
+        db.session.commit()
+    flash(f"API token {token.prefix}… of {user.email} is revoked: it stops working at once.", "success")
+    return redirect(url_for(".edit_user", user_id=user.id))
+
+
 @bp.post("/users/<int:user_id>/enable")
 @roles_required()
 def enable(user_id: int):
@@ -163,8 +180,7 @@ def _show_link_once(user: User) -> None:
 
 
 def _live_tokens(user: User) -> int:
-    return db.session.scalar(select(func.count(ApiToken.id)).where(
-        ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))) or 0
+    return sum(1 for token in db.session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)) if token.live)
 
 
 def _permissions(user: User) -> dict:

@@ -1,5 +1,7 @@
 """The API's blueprint: every request authenticated by a bearer token (but the OpenAPI
 document's), and every ApiError answered as JSON `{error, message}` with nothing half-written."""
+from datetime import timedelta
+
 from flask import Blueprint, g, request
 from sqlalchemy import select
 
@@ -12,6 +14,7 @@ from portal.web.api.errors import ApiError, api_error
 bp = Blueprint("api", __name__)
 
 PUBLIC_ENDPOINTS = {"api.openapi"}
+LAST_USED_EVERY = timedelta(minutes=1)
 
 
 @bp.before_request
@@ -22,13 +25,13 @@ def authenticate():
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
-    row = db.session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()), ApiToken.revoked_at.is_(None))
-    )
-    if row is None or not row.user.is_enabled:
-        raise ApiError(401, "unauthorized", "The API token is unknown, revoked, or its user is disabled.")
-    row.last_used_at = utcnow()
-    db.session.commit()
+    row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip())))
+    if row is None or not row.live or not row.user.is_enabled:
+        raise ApiError(401, "unauthorized", "The API token is unknown, expired, revoked, or its user is disabled.")
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:  # not a write per call
+        row.last_used_at = now
+        db.session.commit()
     g.api_user = row.user
     return None
 

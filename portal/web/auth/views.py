@@ -1,12 +1,11 @@
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
-from sqlalchemy import func, select
+from flask_login import current_user, login_required
 
-from portal.extensions import db
-from portal.models import User
+from portal.extensions import db, limiter
 from portal.models.audit import record
+from portal.web.auth import sessions as signin
 from portal.web.auth.forms import ChoosePasswordForm, LoginForm
 from portal.web.auth.invite import user_of
 
@@ -14,18 +13,24 @@ bp = Blueprint("auth", __name__)
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(signin.account_limit, key_func=signin.account_key, methods=["POST"], scope="signin-account",
+               deduct_when=signin.failed, on_breach=signin.locked_out)
+@limiter.limit(signin.client_limit, methods=["POST"], scope="signin-client",
+               deduct_when=signin.failed, on_breach=signin.locked_out)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        user = db.session.scalar(select(User).where(func.lower(User.email) == form.email.data.strip().lower()))
-        if user is None or not user.check_password(form.password.data):
+        email = form.email.data.strip().lower()
+        user = signin.authenticate(email, form.password.data)
+        if user is None:
+            # One message whatever the cause (no such user, wrong password, disabled).
             flash("Wrong email or password.", "error")
-        elif not user.is_enabled:
-            flash("This account is disabled. Ask an administrator.", "error")
+            record("sign_in_failed", None, None, email=email[:320], client=request.remote_addr)
+            db.session.commit()
         else:
-            login_user(user, remember=form.remember.data)
+            signin.begin_session(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form), (400 if request.method == "POST" else 200)
 
@@ -42,8 +47,8 @@ def invitation(token: str):
         user.end_sessions()  # a password chosen anew: any other session of the account ends
         record("password_chosen", user, user, email=user.email)
         db.session.commit()
-        logout_user()
-        login_user(user)
+        signin.end_session()
+        signin.begin_session(user, remember=False)
         flash("Your password is set. Welcome.", "success")
         return redirect(url_for("main.index"))
     status = 422 if request.method == "POST" else 200
@@ -53,7 +58,7 @@ def invitation(token: str):
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    logout_user()
+    signin.end_session()  # on the server too: the session and remember-me cookies stop working
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
 
