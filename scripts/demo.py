@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from cryptography.fernet import Fernet
 
 from devservers import Dovecot, SmtpSink, make_message
 
@@ -81,6 +84,19 @@ LATER = [  # customers writing while the demo runs
 ]
 
 
+def ensure_instance_config(instance: Path) -> None:
+    """A per-deployment secret and encryption key in instance/config.py, made once and kept
+    out of git, readable by this user only (0600), as the database is (see below)."""
+    config = instance / "config.py"
+    if not config.exists():
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"SECRET_KEY = {secrets.token_hex(32)!r}\nEIS_ENCRYPTION_KEYS = {Fernet.generate_key().decode()!r}\n")
+        print(f"==> wrote {config} (SECRET_KEY, EIS_ENCRYPTION_KEYS)", flush=True)
+    for secret in (config, *instance.glob("eis.sqlite3*")):  # earlier demos made them readable by all
+        secret.chmod(0o600)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("EIS_DEMO_PORT", "5000")))
@@ -89,6 +105,7 @@ def main() -> int:
 
     instance = Path(os.environ.get("EIS_INSTANCE_PATH", ROOT / "instance"))
     instance.mkdir(parents=True, exist_ok=True)
+    ensure_instance_config(instance)
     # The demo's mail servers run on loopback, which the product refuses unless allowed.
     allow = ",".join(filter(None, (os.environ.get("EIS_MAIL_HOSTS_ALLOW"), "127.0.0.1")))
     env = dict(os.environ, EIS_INSTANCE_PATH=str(instance), FLASK_APP="portal", EIS_MAIL_HOSTS_ALLOW=allow,
@@ -121,6 +138,7 @@ def main() -> int:
         from flask_migrate import upgrade
 
         upgrade()
+        ensure_instance_config(instance)  # the database upgrade() may just have made: 0600 too
         if fresh:
             seed(app, dovecot, smtp)
             (instance / "demo-seeded").write_text("seeded\n")
@@ -185,7 +203,7 @@ def seed(app, dovecot, smtp) -> None:
     for ext, name, primary, additional in DEALS:
         crm.upsert_deal(ext, name=name, owner_email=None,
                         members=[(primary, "primary")] + [(a, "additional") for a in additional])
-    row, token = ApiToken.issue(users[f"admin@{DOMAIN}"])
+    row, token = ApiToken.issue(users[f"admin@{DOMAIN}"], days=app.config["EIS_API_TOKEN_DAYS"])
     db.session.add(row)
     db.session.commit()
     (app.instance_path and Path(app.instance_path, "demo-token")).write_text(token + "\n")

@@ -9,14 +9,4 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export EIS_INSTANCE_PATH="${EIS_INSTANCE_PATH:-$PWD/instance}"
 mkdir -p "$EIS_INSTANCE_PATH"
-if [[ ! -f "$EIS_INSTANCE_PATH/config.py" ]]; then
-  # A per-deployment secret and encryption key, made once and kept out of git.
-  .venv/bin/python - "$EIS_INSTANCE_PATH/config.py" <<'PY'
-import secrets, sys
-from cryptography.fernet import Fernet
-with open(sys.argv[1], "w") as f:
-    f.write(f"SECRET_KEY = {secrets.token_hex(32)!r}\nEIS_ENCRYPTION_KEYS = {Fernet.generate_key().decode()!r}\n")
-PY
-  echo "==> wrote $EIS_INSTANCE_PATH/config.py (SECRET_KEY, EIS_ENCRYPTION_KEYS)"
-fi
 exec .venv/bin/python scripts/demo.py "$@"

@@ -546,14 +546,17 @@ def test_odd_ids_and_queries_are_404s_or_empty_results_never_500(world, client):
     world.login(world.user(), client)
     huge = "99999999999999999999"
     for path in (f"/emails/{huge}", f"/emails/{huge}/html", f"/emails/1/attachments/{huge}", f"/mailboxes/{huge}",
-                 f"/mailboxes/{huge}/delete", "/customers/a%00b", "/customers/" + "x" * 300, "/emails/abc"):
+                 f"/mailboxes/{huge}/delete", "/customers/" + "x" * 300, "/emails/abc"):
         assert page(client, path)[0] == 404, path
+    # A NUL character anywhere is a clear 400 (PostgreSQL cannot store it): the security review.
+    for path in ("/customers/a%00b", "/customers?q=a%00b", "/customers?q=%00"):
+        status, html = page(client, path)
+        assert status == 400 and "NUL" in html, path
     assert client.post(f"/mailboxes/{huge}/sync", data={"csrf_token": csrf(client)}).status_code == 404
     world.customer("C-1", "c1@klient.test", name="Jan Novák")
-    for q in ("%25", "'; DROP TABLE customers; --", "ž" * 500, "a%00b"):
+    for q in ("%25", "'; DROP TABLE customers; --", "ž" * 500):
         status, html = page(client, f"/customers?q={q}")
         assert status == 200 and "No customer matches" in html, q
-    assert "Jan Novák" in page(client, "/customers?q=%00")[1]  # nothing printable left: everyone
 
 
 # --- the HTML cleaner, alone ---------------------------------------------------------------

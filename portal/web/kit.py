@@ -10,9 +10,9 @@ from flask import abort, make_response, render_template, request
 from portal import crm
 from portal.extensions import db, htmx
 from portal.models import Customer
+from portal.web.guards import MAX_ID as MAX_ID  # the views that check ids take it from here
 
 PER_PAGE = 50
-MAX_ID = 2**31 - 1  # ids are 32-bit integers: a larger one in a URL is simply not found
 
 
 def page_or_fragment(page: str, fragment: str, status: int = 200, **context):

@@ -28,6 +28,13 @@ def require_role(*roles: str) -> None:
         raise ApiError(403, "forbidden", f"This call needs one of the roles: {', '.join(roles)}.")
 
 
+def require_activities_permission() -> None:
+    """Customer reads need the Activities permission, as the customer pages do."""
+    if not g.api_user.can_see_activities:
+        raise ApiError(403, "activities_not_permitted",
+                       "Your account may not see the Activities tab; ask an administrator.")
+
+
 @bp.put("/customers/<path:external>")
 def put_customer(external: str):
     require_role(*CRM_WRITERS)
@@ -59,6 +66,7 @@ def put_customer(external: str):
 
 @bp.get("/customers/<path:external>")
 def get_customer(external: str):
+    require_activities_permission()
     customer = customer_or_404(external)
     return customer_json(customer)
 
@@ -100,9 +108,7 @@ def put_deal(external: str):
 @bp.get("/customers/<path:external>/activities")
 def customer_activities(external: str):
     user = g.api_user
-    if not user.can_see_activities:
-        raise ApiError(403, "activities_not_permitted",
-                       "Your account may not see the Activities tab; ask an administrator.")
+    require_activities_permission()
     customer = customer_or_404(external)
     limit = number_arg("limit", 50, 1, 200)
     offset = number_arg("offset", 0, 0, 10**9)

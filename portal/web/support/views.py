@@ -9,6 +9,7 @@ from portal.accounts.resync import resync
 from portal.extensions import db
 from portal.mail.errors import fix_steps, plain_words
 from portal.models import Mailbox, MailboxStateChange, SyncRun, User
+from portal.models.audit import record
 from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC, PROVIDERS, STATES
 from portal.queue import job_state, sync_job_id
 from portal.web.kit import Page, get_or_404, page_number, page_or_fragment
@@ -64,8 +65,14 @@ def mailbox_status(mailbox_id: int):
 def why(mailbox_id: int):
     """Read the mailbox live (read-only, headers only) and explain each matching message."""
     box = get_or_404(Mailbox, mailbox_id)
-    result = diagnose.why(box, request.args.get("q", ""), support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")) \
-        if "q" in request.args else None
+    result = None
+    if "q" in request.args:
+        query = request.args.get("q", "")
+        result = diagnose.why(box, query, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT"))
+        # Support read a rep's mailbox live: who, which mailbox, what was searched.
+        record("mailbox_read_by_support", current_user, box, address=box.address, query=result.query,
+               found=len(result.checks), error=result.error.reason if result.error else None)
+        db.session.commit()
     return page_or_fragment("support/why.html", "support/_why.html", mailbox=box, result=result,
                             steps=_steps_with_audience)
 
