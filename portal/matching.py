@@ -20,8 +20,10 @@ from portal.models import Activity, CustomerPrimaryEmail, DealCustomer, Email, M
 
 
 def internal_addresses() -> frozenset[str]:
-    """Every mailbox address ever connected, by anyone, in any state (DESIGN rule 6)."""
-    return frozenset(db.session.scalars(select(Mailbox.address).distinct()).all())
+    """Every mailbox address ever connected, by anyone, in any state (DESIGN rule 6), except
+    the ones an admin released (connected by someone who does not own them)."""
+    return frozenset(db.session.scalars(
+        select(Mailbox.address).where(Mailbox.released_at.is_(None)).distinct()).all())
 
 
 def clip(value: str | None, length: int) -> str | None:
@@ -42,8 +44,8 @@ def message_facts(headers: parse.ParsedHeaders, record: HeaderRecord, folder: Fo
 def owner_addresses(mailbox: Mailbox) -> frozenset[str]:
     """The addresses of every mailbox of this mailbox's owner, whatever its state (itself
     included): an email from any of them is "out" (rules.message_direction)."""
-    return frozenset(db.session.scalars(
-        select(Mailbox.address).where(Mailbox.user_id == mailbox.user_id)).all()) | {mailbox.address}
+    return frozenset(db.session.scalars(select(Mailbox.address).where(
+        Mailbox.user_id == mailbox.user_id, Mailbox.released_at.is_(None))).all()) | {mailbox.address}
 
 
 def crm_facts_for(addresses: set[str]) -> tuple[list[rules.PrimaryAddress], list[rules.DealMembership]]:

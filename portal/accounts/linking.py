@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from portal import crypto, runtime_settings
-from portal.accounts import state
+from portal.accounts import policy, state
 from portal.accounts.oauth.failures import consent_failure
 from portal.accounts.oauth.flow import Authorization, Flow
 from portal.accounts.oauth.providers import Provider
@@ -83,6 +83,14 @@ def _link_words(c: Classified) -> str:
     }.get(c.reason, "The mail server refused the connection.")
 
 
+def _check_domain(address: str) -> None:
+    """Only addresses at the organisation's domains (EIS_MAILBOX_DOMAINS), checked before
+    anything is tried or saved."""
+    refusal = policy.refusal(address)
+    if refusal:
+        raise LinkError("domain_not_allowed", refusal, status=422)
+
+
 def _connected_with(address: str, user: User) -> Mailbox | None:
     """The user's own connected mailbox with this address, if any; refused if another
     user's (an address is one person's mailbox)."""
@@ -99,6 +107,7 @@ def link_imap_mailbox(user: User, settings: ImapSettings) -> tuple[Mailbox, bool
     Returns (mailbox, reconnected). A Problematic mailbox of the same user and address is
     reconnected in place, keeping its checkpoints and history: no gap, no duplicate.
     """
+    _check_domain(settings.address)
     existing = _connected_with(settings.address, user)
     if existing is not None and existing.state != state.PROBLEMATIC:
         raise LinkError("already_connected", f"{settings.address} is already connected to your account.", status=409)
@@ -133,6 +142,7 @@ def link_oauth_mailbox(user: User, auth: Authorization, flow: Flow) -> tuple[Mai
                         f"You signed in at {provider.title} as {auth.address}, but this connection is "
                         f"{flow.address}. Nothing was changed. Reconnect again and choose {flow.address} "
                         f"at {provider.title}.", status=409)
+    _check_domain(auth.address)  # the address of the verified ID token
     if auth.missing:
         raise consent_failure(provider, auth.missing, auth.scopes)
     existing = _connected_with(auth.address, user)

@@ -52,6 +52,9 @@ class Mailbox(db.Model):
     next_sync_at: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     disconnected_at: Mapped[datetime | None]
+    # An admin took the address out of the connected-mailbox registry (it was connected by
+    # someone who does not own it): email involving it is no longer internal on its account.
+    released_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

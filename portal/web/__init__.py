@@ -9,6 +9,7 @@ from flask import Flask
 
 from portal.extensions import csrf
 from portal.web import errors, filters, guards, headers
+from portal.web.admin import addresses as admin_addresses
 from portal.web.admin import users as admin_users
 from portal.web.admin import views as admin
 from portal.web.api import crm as api_crm
@@ -30,7 +31,7 @@ from portal.web.support import views as support
 
 AREAS = (auth, main, mailboxes, customers, support, it, admin, oauth, send)
 # Modules whose routes join a blueprint defined elsewhere: imported for those routes.
-MORE_ROUTES = (admin_users, api_crm, api_mailboxes, api_openapi, api_send)
+MORE_ROUTES = (admin_addresses, admin_users, api_crm, api_mailboxes, api_openapi, api_send)
 
 
 def init_app(app: Flask) -> None:

@@ -13,6 +13,8 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from sqlalchemy import func, select
 
+from portal.accounts.oauth.providers import all_providers
+from portal.accounts.policy import allowed_domains
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
 from portal.models.mailboxes import SYNCABLE
@@ -85,6 +87,37 @@ class Health:
             return None
         late = self.late_seconds or 0
         return not self.stuck and (self.workers or not self.queued_total) and late < 15 * 60
+
+
+@dataclass(frozen=True)
+class ConfigNote:
+    setting: str
+    words: str
+    warn: bool = True
+
+
+def configuration_notes() -> list[ConfigNote]:
+    """What the server's settings allow that an admin should know about (they change only
+    with a restart, so the page shows them once, outside the refreshing numbers)."""
+    config, notes = current_app.config, []
+    domains = allowed_domains()
+    if domains is None:
+        notes.append(ConfigNote("EIS_MAILBOX_DOMAINS", "is not set, so any address at any domain may be connected "
+                                "as a mailbox. A rep could connect a customer's address through a mail server "
+                                "of their own; email involving it would then count as internal and stop being "
+                                "logged for everybody. Set it to your organisation's domains."))
+    else:
+        notes.append(ConfigNote("EIS_MAILBOX_DOMAINS", "allows only addresses at " + ", ".join(domains)
+                                + " to be connected.", warn=False))
+    if not config.get("EIS_HTTPS"):
+        notes.append(ConfigNote("EIS_HTTPS", "is off: cookies are not marked Secure and no HSTS is sent. Turn it "
+                                "on when the portal is served over HTTPS (as it must be for real use)."))
+    for provider in all_providers():
+        if not provider.configured:
+            notes.append(ConfigNote(provider.env_prefix + "CLIENT_ID", f"is not set: reps cannot connect "
+                                    f"{provider.title} mailboxes (set it and {provider.env_prefix}CLIENT_SECRET).",
+                                    warn=False))
+    return notes
 
 
 def gather() -> Health:

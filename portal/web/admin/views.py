@@ -10,7 +10,7 @@ from portal.models import Mailbox
 from portal.models.audit import record
 from portal.models.mailboxes import DISCONNECTED, PROBLEMATIC, PROVIDERS, STATES
 from portal.web.admin.forms import SettingsForm
-from portal.web.admin.health import gather
+from portal.web.admin.health import configuration_notes, gather
 from portal.web.kit import page_number, page_or_fragment, whole_number
 from portal.web.mailbox_listing import REASONS, MailboxFilters, mailbox_page, state_counts
 from portal.web.roles import roles_required
@@ -129,5 +129,6 @@ def _defaults() -> dict:
 @bp.get("/health")
 @roles_required()
 def health():
-    return page_or_fragment("admin/health.html", "admin/_health.html", health=gather())
+    return page_or_fragment("admin/health.html", "admin/_health.html", health=gather(),
+                            notes=configuration_notes())
 
