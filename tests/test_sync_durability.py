@@ -232,6 +232,7 @@ def _worker_env(app, tmp_path: Path) -> dict:
         "REDIS_URL": app.config["REDIS_URL"],
         "SECRET_KEY": app.config["SECRET_KEY"],
         "EIS_ENCRYPTION_KEYS": app.config["EIS_ENCRYPTION_KEYS"],
+        "EIS_MAIL_HOSTS_ALLOW": app.config["EIS_MAIL_HOSTS_ALLOW"],  # Dovecot is on 127.0.0.1
         "EIS_INSTANCE_PATH": str(tmp_path / "worker-instance"),  # not the repository's instance/
         # Small batches: many more commits for a kill to land between or inside (the default
         # 1,000 would make four of this back-fill); the undisturbed runs use the default.

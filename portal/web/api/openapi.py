@@ -20,7 +20,8 @@ def _body(schema_ref: str) -> dict:
 
 EXTERNAL_ID = {"name": "external_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
 MAILBOX_ID = {"name": "mailbox_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-COMMON_ERRORS = {"401": _error("Missing, unknown or revoked token"), "403": _error("The token's user may not do this")}
+COMMON_ERRORS = {"401": _error("Missing, unknown, expired or revoked token"),
+                 "403": _error("The token's user may not do this")}
 WRITE_ERRORS = {
     "400": _error("Body is not valid JSON"),
     "415": _error("Body is not JSON"),
@@ -240,6 +241,8 @@ PATHS = {
         },
         "get": {
             "summary": "Read a customer", "parameters": [EXTERNAL_ID],
+            "description": "Needs the Activities permission (403 activities_not_permitted without it), as the "
+                           "customer pages do.",
             "responses": {"200": _json("Customer", "The customer"), **COMMON_ERRORS, "404": _error("No such customer")},
         },
     },
@@ -303,14 +306,18 @@ PATHS = {
             "summary": "Link an IMAP/SMTP mailbox to the token's own user (or reconnect a Problematic one)",
             "description": "The credentials are tried first; nothing is saved when the login fails. A Problematic "
                            "mailbox of the same address is reconnected in place, keeping its checkpoints (200). "
-                           "The first sync (back-fill) is queued.",
+                           "The first sync (back-fill) is queued. Only addresses at EIS_MAILBOX_DOMAINS "
+                           "(when set) may be linked, and IMAP/SMTP hosts on internal addresses (loopback, "
+                           "private, link-local, metadata) only when EIS_MAIL_HOSTS_ALLOW names them; both are "
+                           "refused before anything is tried.",
             "requestBody": _body("MailboxInput"),
             "responses": {"201": _json("Mailbox", "Linked"), "200": _json("Mailbox", "Reconnected"),
                           "401": COMMON_ERRORS["401"],
                           "409": _error("already_connected, or mailbox_taken by another user"),
                           **WRITE_ERRORS,
-                          "422": _error("invalid input, or the login failed: authentication_failed, "
-                                        "connection_failed, tls_failed, imap_disabled (message has the server's words)")},
+                          "422": _error("invalid input; domain_not_allowed, host_not_allowed, not_an_imap_server; "
+                                        "or the login failed: authentication_failed, connection_failed, tls_failed, "
+                                        "imap_disabled (message has the server's words)")},
         },
         "get": {
             "summary": "The token's user's mailboxes",
@@ -355,7 +362,11 @@ def document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "Email Integration Service API", "version": "1",
                  "description": "Errors are JSON {error, message}. Authenticate with "
-                                "'Authorization: Bearer <token>' (flask --app portal eis token create)."},
+                                "'Authorization: Bearer <token>' (flask --app portal eis token create "
+                                "--user EMAIL [--days N]). A token expires (EIS_API_TOKEN_DAYS, 365 by default; "
+                                "the expiry is shown at creation) and can be revoked (eis token revoke, or on "
+                                "the user's admin page); both answer 401. Ids that no row can have are 404; "
+                                "a NUL character anywhere, or JSON nested deeper than 64, is 400."},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
