@@ -12,8 +12,9 @@ def test_user_create_and_token_create(app, monkeypatch):
     assert (user.email, user.role) == ("ops@example.test", "it") and user.check_password("s3cret-password")
     r = runner.invoke(args=["eis", "token", "create", "--user", "ops@example.test"])
     assert r.exit_code == 0 and r.output.startswith("eis_")
+    token = r.output.splitlines()[0]  # stdout; the line about it goes to stderr
     client = app.test_client()
-    assert client.get("/api/v1/customers/x", headers={"Authorization": f"Bearer {r.output.strip()}"}).status_code == 404
+    assert client.get("/api/v1/customers/x", headers={"Authorization": f"Bearer {token}"}).status_code == 404
     assert db.session.query(ApiToken).count() == 1
 
 
