@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 
 from flask import Flask, current_app
 from redis import Redis
@@ -79,6 +80,16 @@ def enqueue_sync(mailbox_id: int, trigger: str, requested_by_id: int | None = No
     return enqueue_unique(
         "sync", sync_job_id(mailbox_id), "portal.jobs.sync.sync_mailbox",
         kwargs={"mailbox_id": mailbox_id, "trigger": trigger, "requested_by_id": requested_by_id},
+    )
+
+
+def enqueue_sync_batch(mailbox_ids: list[int]) -> Job:
+    """One job for several due mailboxes (the scheduler's polls): each is still synced on
+    its own, under its own lock, with its own checkpoints (portal/jobs/sync.py)."""
+    return get_queue("sync").enqueue_call(
+        "portal.jobs.sync.sync_mailboxes", kwargs={"mailbox_ids": list(mailbox_ids)},
+        job_id=f"sync-batch-{uuid.uuid4().hex}", timeout=SYNC_TIMEOUT, result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
     )
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import imaplib
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 
 from flask import current_app
 from sqlalchemy import select, text
+from sqlalchemy.orm import joinedload
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from portal import matching, runtime_settings
+from portal import matching, run_history
 from portal.accounts import state
 from portal.accounts.sessions import open_imap
 from portal.extensions import db
@@ -27,34 +28,15 @@ from portal.mail.errors import classify_exception, is_mail_fault
 from portal.mail.imap import SKIP_SPECIAL_USE, Folder, HeaderRecord, ImapSession
 from portal.mail.scan import scan_addresses
 from portal.models import Email, EmailSource, FolderCheckpoint, Mailbox, SyncRun
-from portal.queue import get_redis
-from portal.scheduling import next_interval
+from portal.sync_lock import LOCK_TTL_SECONDS as LOCK_TTL_SECONDS  # re-exported: the lock was here before
+from portal.sync_lock import AlreadyRunning as AlreadyRunning
+from portal.sync_lock import MailboxLock
+from portal.sync_lock import lock_key as lock_key
+from portal.sync_lock import release_lock_of_run as release_lock_of_run
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
-LOCK_TTL_SECONDS = 120
 MAX_BAD_LOG = 200
-
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-
-def lock_key(mailbox_id: int) -> str:
-    return f"eis:lock:mailbox:{mailbox_id}"
-
-
-def release_lock_of_run(run: SyncRun) -> None:
-    get_redis().eval(_RELEASE, 1, lock_key(run.mailbox_id), str(run.id))
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 def choose_folders(folders: list[Folder]) -> list[Folder]:
@@ -67,22 +49,25 @@ def choose_folders(folders: list[Folder]) -> list[Folder]:
 
 
 def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = None,
-             job_id: str | None = None) -> SyncRun | None:
+             job_id: str | None = None, intervals: run_history.Intervals | None = None) -> SyncRun | None:
     """Sync one mailbox now. Returns the run, or None when there was nothing to do
-    (mailbox gone, Problematic or disconnected). Raises AlreadyRunning if locked."""
-    mailbox = db.session.get(Mailbox, mailbox_id)
+    (mailbox gone, Problematic or disconnected). Raises AlreadyRunning if locked.
+
+    A quiet poll (scheduled, nothing new, nothing to change) costs three statements: the
+    mailbox with its owner and checkpoints, a guarded UPDATE of its times, and the day's
+    quiet count. Its SyncRun is never stored. Anything else stores its run first."""
+    mailbox = db.session.scalars(
+        select(Mailbox).options(joinedload(Mailbox.owner), joinedload(Mailbox.checkpoints))
+        .where(Mailbox.id == mailbox_id)).unique().one_or_none()
     if mailbox is None or not mailbox.is_syncable:
         return None
-    redis = get_redis()
-    key = lock_key(mailbox_id)
-    claim = "claim-" + uuid.uuid4().hex
-    if not redis.set(key, claim, nx=True, ex=LOCK_TTL_SECONDS):
-        raise AlreadyRunning(f"mailbox {mailbox_id} is being synced by another worker")
+    lock = MailboxLock(mailbox_id).acquire()
     run = SyncRun(mailbox_id=mailbox_id, trigger=trigger, requested_by_id=requested_by_id, job_id=job_id,
-                  ignored={}, bad_message_log=[])
-    db.session.add(run)
-    db.session.commit()
-    redis.set(key, str(run.id), xx=True, keepttl=True)
+                  ignored={}, bad_message_log=[], seen=0, logged=0, duplicates=0, bad_messages=0,
+                  bytes_fetched=0, imap_commands=0, progress_done=0, progress_total=0,
+                  started_at=utcnow(), heartbeat_at=utcnow(), status="running")
+    if trigger != "scheduled" or mailbox.state == state.PENDING or mailbox.reason or mailbox.consecutive_failures:
+        _keep(run, lock)  # asked for, first, or recovering: always worth a row
     session: ImapSession | None = None
     # A batch's commit would expire every loaded object, and the next batch would read the
     # mailbox, the run and the checkpoint again: three queries a batch for rows only this
@@ -91,38 +76,61 @@ def run_sync(mailbox_id: int, *, trigger: str, requested_by_id: int | None = Non
     expire_on_commit, orm.expire_on_commit = orm.expire_on_commit, False
     try:
         session = open_imap(mailbox)
-        MailboxSync(mailbox, run, session).sync()
-        _finish_success(mailbox, run, session)
+        MailboxSync(mailbox, run, session, lock).sync()
+        _finish_success(mailbox, run, session, lock, intervals)
     except Exception as exc:
         db.session.rollback()
-        _finish_failure(mailbox, run, session, exc)
+        _finish_failure(mailbox, run, session, lock, exc)
         if not is_mail_fault(exc):
             raise  # a bug or a database fault: let RQ record it as failed too
     finally:
         orm.expire_on_commit = expire_on_commit
         if session is not None:
             session.close()
-        release_lock_of_run(run)
+        lock.release()
     return run
 
 
-def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession) -> None:
-    db.session.refresh(mailbox)  # its owner may have disconnected it, or support changed it, meanwhile
+def _keep(run: SyncRun, lock: MailboxLock) -> None:
+    """Store the run (once): from now on it is history, and the lock names it."""
+    if run.id is None:
+        db.session.add(run)
+        db.session.commit()
+        lock.name_run(run)
+
+
+def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession, lock: MailboxLock,
+                    intervals: run_history.Intervals | None) -> None:
+    now = utcnow()
     run.status = "succeeded"
-    run.finished_at = run.heartbeat_at = utcnow()
+    run.finished_at = run.heartbeat_at = now
     run.imap_commands = session.commands
     run.phase = None
-    state.mark_synced(mailbox, _interval(mailbox))
+    if run.id is None and run_history.is_quiet(run):
+        # Nothing new and nothing to change: the mailbox's times and the day's count.
+        next_in = run_history.next_sync_in(mailbox, intervals, now=now)
+        if state.mark_polled(mailbox, next_in, now=now):
+            run_history.count_quiet(mailbox.id, imap_commands=session.commands,
+                                    seconds=(now - run.started_at).total_seconds(), at=now)
+        db.session.commit()
+        return
+    _keep(run, lock)
+    db.session.refresh(mailbox)  # its owner may have disconnected it, or support changed it, meanwhile
+    state.mark_synced(mailbox, run_history.next_sync_in(mailbox, intervals, saw_mail=bool(run.seen), now=now))
     db.session.commit()
 
 
-def _finish_failure(mailbox: Mailbox, run: SyncRun, session: ImapSession | None, exc: Exception) -> None:
+def _finish_failure(mailbox: Mailbox, run: SyncRun, session: ImapSession | None, lock: MailboxLock,
+                    exc: Exception) -> None:
     classified = classify_exception(exc)
     if not is_mail_fault(exc):
         classified = type(classified)(reason="internal_error", refusal=False,
                                       detail=f"{type(exc).__name__}: {exc}"[:2000], retry_after=None)
     mailbox = db.session.get(Mailbox, mailbox.id)
-    run = db.session.get(SyncRun, run.id)
+    if run.id is None:
+        run = db.session.merge(run)
+    else:
+        run = db.session.get(SyncRun, run.id)
     run.status = "failed"
     run.finished_at = run.heartbeat_at = utcnow()
     run.error_class = classified.reason
@@ -130,19 +138,6 @@ def _finish_failure(mailbox: Mailbox, run: SyncRun, session: ImapSession | None,
     run.imap_commands = session.commands if session else run.imap_commands
     state.record_failure(mailbox, classified)
     db.session.commit()
-
-
-def _interval(mailbox: Mailbox) -> timedelta:
-    since = utcnow() - timedelta(days=1)
-    recent = db.session.scalar(
-        select(db.func.coalesce(db.func.sum(SyncRun.seen), 0)).where(
-            SyncRun.mailbox_id == mailbox.id, SyncRun.started_at >= since, SyncRun.trigger != "backfill")
-    ) or 0
-    owner = mailbox.owner
-    active = bool(owner and owner.last_seen_at and owner.last_seen_at >= utcnow() - timedelta(hours=1))
-    return next_interval(min_minutes=runtime_settings.get("interval_min_minutes"),
-                         max_minutes=runtime_settings.get("interval_max_minutes"),
-                         recent_messages=int(recent), owner_active=active)
 
 
 @dataclass
@@ -158,13 +153,19 @@ class _Pending:
 
 
 class MailboxSync:
-    def __init__(self, mailbox: Mailbox, run: SyncRun, session: ImapSession):
-        self.mailbox, self.run, self.session = mailbox, run, session
+    def __init__(self, mailbox: Mailbox, run: SyncRun, session: ImapSession, lock: MailboxLock):
+        self.mailbox, self.run, self.session, self.lock = mailbox, run, session, lock
         self.config = current_app.config
-        self.internal = matching.internal_addresses()
-        self.own = matching.owner_addresses(mailbox)  # decide the direction (rules.message_direction)
-        self.redis = get_redis()
         self.postgresql = matching.dialect() == "postgresql"
+
+    # Only a sync that has messages to decide needs these; a quiet poll never reads them.
+    @cached_property
+    def internal(self) -> set[str]:
+        return matching.internal_addresses()
+
+    @cached_property
+    def own(self) -> set[str]:
+        return matching.owner_addresses(self.mailbox)  # decide the direction (rules.message_direction)
 
     # -- orchestration --------------------------------------------------------------------
     def sync(self) -> None:
@@ -192,7 +193,9 @@ class MailboxSync:
                      and cp.backfill_below_uid is None)
             if not quiet:
                 work.append((folder, status, cp))
-        db.session.commit()
+        if not work:
+            return  # a quiet poll: nothing to store
+        _keep(self.run, self.lock)  # commits the new checkpoints with the run
         for folder, status, cp in work:
             self.sync_folder(folder, status, cp)
 
@@ -281,7 +284,7 @@ class MailboxSync:
     def _heartbeat(self) -> None:
         self.run.heartbeat_at = utcnow()
         self.run.imap_commands = self.session.commands
-        self.redis.eval(_EXTEND, 1, lock_key(self.mailbox.id), str(self.run.id), LOCK_TTL_SECONDS)
+        self.lock.extend()
 
     def _store_batch(self, folder: Folder, cp: FolderCheckpoint, records: list[HeaderRecord],
                      fetched_bodies: dict[int, bytes]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from portal.extensions import db
 from portal.jobs.schedule import LEADER_KEY, Scheduler, enqueue_due, recover_stale_runs
 from portal.models import Mailbox, SyncRun
-from portal.queue import get_redis, job_state, sync_job_id
+from portal.queue import get_queue, get_redis, job_state, sync_job_id
 from portal.scheduling import backoff_delay, next_interval
 from portal.sync import lock_key
 from portal.timeutil import utcnow
@@ -64,9 +64,22 @@ def test_due_mailboxes_are_queued_once_problematic_and_disconnected_never(world)
     gone = _mailbox(world, state="disconnected", address="gone@agency.test")
     assert enqueue_due() == 2
     assert enqueue_due() == 0  # a queued mailbox is not picked again
+    # The first sync (the back-fill) has a job of its own; the scheduled polls go in batches.
     states = {m.address: job_state(sync_job_id(m.id)) for m in (due, new, later, broken, gone)}
-    assert states == {"due@agency.test": "queued", "new@agency.test": "queued", "later@agency.test": None,
+    assert states == {"due@agency.test": None, "new@agency.test": "queued", "later@agency.test": None,
                       "broken@agency.test": None, "gone@agency.test": None}
+    batches = [job for job in get_queue("sync").get_jobs() if job.func_name == "portal.jobs.sync.sync_mailboxes"]
+    assert [job.kwargs["mailbox_ids"] for job in batches] == [[due.id]]
+
+
+def test_due_polls_go_fifty_to_a_job_and_each_mailbox_once(app, world):
+    boxes = [_mailbox(world, address=f"b{i}@agency.test", next_sync_at=utcnow() - timedelta(minutes=1))
+             for i in range(120)]
+    assert enqueue_due() == 120
+    batches = [job.kwargs["mailbox_ids"] for job in get_queue("sync").get_jobs()]
+    assert [len(ids) for ids in batches] == [50, 50, 20]
+    assert sorted(i for ids in batches for i in ids) == sorted(b.id for b in boxes)
+    assert enqueue_due() == 0
 
 
 def test_only_one_scheduler_leads_and_another_takes_over_when_it_dies(app, world):

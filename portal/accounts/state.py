@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy.orm.attributes import flag_modified
+
 from portal import runtime_settings
 from portal.extensions import db
 from portal.mail.errors import Classified
@@ -55,9 +57,28 @@ def mark_synced(mailbox: Mailbox, next_sync_in: timedelta) -> None:
     now = utcnow()
     mailbox.last_sync_at = mailbox.last_success_at = now
     mailbox.consecutive_failures = 0
+    flag_modified(mailbox, "recent_messages")  # counted afresh by run_history.next_sync_in
+    flag_modified(mailbox, "recent_messages_at")
     if mailbox.state == PENDING or mailbox.reason:
         _change(mailbox, ACTIVE)
     mailbox.next_sync_at = now + next_sync_in
+
+
+def mark_polled(mailbox: Mailbox, next_sync_in: timedelta, *, now=None) -> bool:
+    """A quiet poll of a healthy mailbox succeeded: only its times move, in one guarded
+    UPDATE (no state history, nothing to re-read). False if its state, reason or failures
+    changed meanwhile (support, its owner, a Reconnect): the poll then changes nothing.
+    The caller commits."""
+    now = now or utcnow()
+    table = Mailbox.__table__
+    done = db.session.execute(
+        table.update().where(table.c.id == mailbox.id, table.c.state.in_(SYNCABLE), table.c.reason.is_(None),
+                             table.c.consecutive_failures == 0)
+        .values(last_sync_at=now, last_success_at=now, next_sync_at=now + next_sync_in,
+                recent_messages=mailbox.recent_messages, recent_messages_at=mailbox.recent_messages_at,
+                updated_at=now)
+    ).rowcount
+    return bool(done)
 
 
 def record_failure(mailbox: Mailbox, classified: Classified) -> None:

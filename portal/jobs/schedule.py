@@ -10,16 +10,17 @@ import threading
 import uuid
 from datetime import timedelta
 
-from flask import Flask
+from flask import Flask, current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from portal.accounts import state
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
-from portal.queue import enqueue_sync, get_redis
+from portal import run_history
+from portal.queue import enqueue_sync, enqueue_sync_batch, get_redis
 from portal.sync import release_lock_of_run
 from portal.timeutil import utcnow
 
@@ -56,7 +57,10 @@ class Scheduler:
                 return {"leader": False, "enqueued": 0, "recovered": 0}
             recovered = recover_stale_runs(self.app.config["EIS_RUN_STALE_SECONDS"])
             enqueued = enqueue_due()
-            return {"leader": True, "enqueued": enqueued, "recovered": recovered}
+            # Small batches, one a tick: a backlog of old runs drains over minutes, never
+            # locking the table for long.
+            pruned = run_history.prune(self.app.config["EIS_RUN_RETENTION_DAYS"])
+            return {"leader": True, "enqueued": enqueued, "recovered": recovered, "pruned": pruned}
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -68,23 +72,35 @@ class Scheduler:
 
 
 def enqueue_due(now=None) -> int:
+    """Queue the due mailboxes; returns how many were queued. A first sync (pending: the
+    back-fill, long) gets a job of its own; the others go EIS_SYNC_BATCH to a job, so that a
+    worker forks and sets up once for fifty quiet polls instead of once for each."""
     now = now or utcnow()
-    due = db.session.scalars(
-        select(Mailbox).where(
+    due = db.session.execute(
+        select(Mailbox.id, Mailbox.state).where(
             Mailbox.state.in_(state.SYNCABLE),
             or_(Mailbox.next_sync_at.is_(None), Mailbox.next_sync_at <= now),
         ).order_by(Mailbox.next_sync_at.asc().nulls_first()).limit(BATCH)
     ).all()
-    count = 0
-    for mailbox in due:
-        trigger = "backfill" if mailbox.state == state.PENDING else "scheduled"
-        _job, created = enqueue_sync(mailbox.id, trigger)
-        count += int(created)
-        # Provisional: the run sets the real next time when it ends. This keeps a mailbox
+    queued: list[int] = []
+    scheduled: list[int] = []
+    for mailbox_id, mailbox_state in due:
+        if mailbox_state == state.PENDING:
+            _job, created = enqueue_sync(mailbox_id, "backfill")
+            if created:
+                queued.append(mailbox_id)
+        else:
+            scheduled.append(mailbox_id)
+    size = max(int(current_app.config.get("EIS_SYNC_BATCH") or 1), 1)
+    for start in range(0, len(scheduled), size):
+        enqueue_sync_batch(scheduled[start:start + size])
+    queued += scheduled
+    if queued:
+        # Provisional: each sync sets the real next time when it ends. This keeps a mailbox
         # whose job is waiting in the queue from being picked again every tick.
-        mailbox.next_sync_at = now + QUEUED_LEASE
+        db.session.execute(update(Mailbox).where(Mailbox.id.in_(queued)).values(next_sync_at=now + QUEUED_LEASE))
     db.session.commit()
-    return count
+    return len(queued)
 
 
 def recover_stale_runs(stale_seconds: int, now=None) -> int:

@@ -51,6 +51,10 @@ class Mailbox(db.Model):
     last_success_at: Mapped[datetime | None]
     next_sync_at: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(default=0)
+    # Messages the last day's syncs saw, and when that was counted: the scheduler's measure
+    # of how busy the mailbox is (portal/run_history.py), without summing runs each poll.
+    recent_messages: Mapped[int] = mapped_column(default=0)
+    recent_messages_at: Mapped[datetime | None]
     disconnected_at: Mapped[datetime | None]
     # An admin took the address out of the connected-mailbox registry (it was connected by
     # someone who does not own it): email involving it is no longer internal on its account.

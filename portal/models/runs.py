@@ -1,6 +1,6 @@
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, Date, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
@@ -10,7 +10,11 @@ TRIGGERS = ("scheduled", "manual", "adhoc", "backfill", "resync")
 
 
 class SyncRun(db.Model):
+    """A sync that did something worth keeping: logged or stored mail, failed, changed the
+    mailbox's state, or was asked for by a person. Kept EIS_RUN_RETENTION_DAYS, then pruned
+    by the scheduler (portal/run_history.py). A quiet poll is a SyncQuietDay count instead."""
     __tablename__ = "sync_runs"
+    __table_args__ = (Index("ix_sync_runs_started_at", "started_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"), index=True)
     trigger: Mapped[str] = mapped_column(String(16))
@@ -41,3 +45,17 @@ class SyncRun(db.Model):
     def duration_seconds(self) -> float | None:
         end = self.finished_at or utcnow()
         return (end - self.started_at).total_seconds()
+
+
+class SyncQuietDay(db.Model):
+    """The quiet polls of one mailbox on one (UTC) day: scheduled syncs that found nothing
+    new and changed nothing. One row a mailbox a day instead of one a poll (72 a day at a
+    20-minute interval); the support and rep pages show them as "N quiet polls that day"."""
+    __tablename__ = "sync_quiet_days"
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    polls: Mapped[int] = mapped_column(default=0)
+    imap_commands: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    first_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,13 +1,16 @@
 """Mailboxes: link with a password (tried first), list, disconnect, status and runs, sync now."""
+from datetime import timedelta
+
 from flask import g
 
+from portal import run_history
 from portal.accounts import linking
 from portal.extensions import db
 from portal.models import Mailbox
 from portal.models.audit import record
 from portal.models.mailboxes import DISCONNECTED
 from portal.queue import enqueue_sync, job_state, sync_job_id
-from portal.timeutil import isoformat
+from portal.timeutil import isoformat, utcnow
 from portal.web.api.blueprint import bp
 from portal.web.api.errors import ApiError
 from portal.web.api.validation import address, check_fields, json_body, string
@@ -16,6 +19,9 @@ MAILBOX_FIELDS = {"address", "login", "password", "imap_host", "imap_port", "ima
                   "smtp_host", "smtp_port", "smtp_security"}
 OVERSEERS = ("support", "it", "admin")  # may look at anyone's mailbox
 SYNC_ASKERS = ("support", "admin")  # may ask anyone's mailbox to sync
+
+
+QUIET_DAYS_SHOWN = 7
 
 
 def mailbox_json(mailbox: Mailbox, *, runs: int = 0) -> dict:
@@ -32,6 +38,12 @@ def mailbox_json(mailbox: Mailbox, *, runs: int = 0) -> dict:
     }
     if runs:
         data["runs"] = [run_json(r) for r in mailbox.runs.limit(runs)]
+        # Quiet polls are not runs: their counts per day, the last week's.
+        since = (utcnow() - timedelta(days=QUIET_DAYS_SHOWN - 1)).date()
+        data["quiet_days"] = [
+            {"day": d.day.isoformat(), "polls": d.polls, "imap_commands": d.imap_commands,
+             "first_at": isoformat(d.first_at), "last_at": isoformat(d.last_at)}
+            for d in run_history.quiet_days(mailbox.id, since)]
     return data
 
 

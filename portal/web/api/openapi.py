@@ -146,7 +146,20 @@ SCHEMAS = {
             "consecutive_failures": {"type": "integer"},
             "job": {"type": ["string", "null"], "description": "queued / started while a sync job is live"},
             "runs": {"type": "array", "items": {"$ref": "#/components/schemas/SyncRun"},
-                     "description": "the 20 most recent runs (GET /mailboxes/{id} only)"},
+                     "description": "the 20 most recent kept runs (GET /mailboxes/{id} only): runs that "
+                                    "logged or stored mail, failed, changed the mailbox or were asked for; kept "
+                                    "EIS_RUN_RETENTION_DAYS (90) days"},
+            "quiet_days": {"type": "array", "items": {"$ref": "#/components/schemas/QuietDay"},
+                           "description": "quiet polls (scheduled, nothing new) counted per UTC day, the last "
+                                          "7 days, newest first (GET /mailboxes/{id} only)"},
+        },
+    },
+    "QuietDay": {
+        "type": "object",
+        "properties": {
+            "day": {"type": "string", "format": "date"}, "polls": {"type": "integer"},
+            "imap_commands": {"type": "integer"},
+            "first_at": {"type": "string", "format": "date-time"}, "last_at": {"type": "string", "format": "date-time"},
         },
     },
     "SyncRun": {

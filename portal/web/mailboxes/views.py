@@ -7,6 +7,7 @@ from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
+from portal import run_history
 from portal.accounts import linking
 from portal.extensions import db, htmx
 from portal.models import Mailbox
@@ -82,7 +83,9 @@ def detail(mailbox_id: int):
     """The mailbox's card (the fragment htmx polls while it syncs) or its page with recent syncs."""
     mailbox = _own_mailbox(mailbox_id)
     runs = mailbox.runs.limit(10).all()
-    return page_or_fragment("mailboxes/detail.html", "mailboxes/_mailbox.html", card=_card(mailbox), runs=runs)
+    # Quiet polls are counted per day, not kept as runs: shown as one line a day among them.
+    timeline = run_history.interleave(runs, run_history.quiet_days(mailbox.id))
+    return page_or_fragment("mailboxes/detail.html", "mailboxes/_mailbox.html", card=_card(mailbox), runs=timeline)
 
 
 @bp.route("/mailboxes/connect", methods=["GET", "POST"])

@@ -4,7 +4,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import aliased
 
-from portal import diagnose
+from portal import diagnose, run_history
 from portal.accounts.resync import resync
 from portal.extensions import db
 from portal.mail.errors import fix_steps, plain_words
@@ -47,7 +47,8 @@ def mailbox(mailbox_id: int):
     runs = _runs(box)
     return page_or_fragment(
         "support/mailbox.html", "support/mailbox.html",
-        mailbox=box, history=history, runs=runs, live=_status(box), problem=_problem(box),
+        mailbox=box, history=history, runs=runs, timeline=_timeline(box, runs), live=_status(box),
+        problem=_problem(box), retention_days=current_app.config["EIS_RUN_RETENTION_DAYS"],
         may_sync=has_role(current_user, "support"), may_check=has_role(current_user, "support"),
     )
 
@@ -110,6 +111,23 @@ def _runs(box: Mailbox) -> Page:
         .limit(RUNS_PER_PAGE).offset((page - 1) * RUNS_PER_PAGE)
     ).all()
     return Page(items=rows, page=page, per_page=RUNS_PER_PAGE, total=total)
+
+
+def _timeline(box: Mailbox, runs: Page) -> list:
+    """This page's runs with the days of quiet polls that fall among them: a day goes on the
+    page of the first run older than its last quiet poll (the last page takes the oldest)."""
+    days = run_history.quiet_days(box.id)
+    if runs.items:
+        if runs.page > 1:
+            newer = db.session.scalar(select(SyncRun.started_at).where(SyncRun.mailbox_id == box.id)
+                                      .order_by(desc(SyncRun.id)).offset((runs.page - 1) * runs.per_page - 1).limit(1))
+            days = [d for d in days if newer is None or d.last_at < newer]
+        if runs.page < runs.pages:
+            oldest = runs.items[-1][0].started_at
+            days = [d for d in days if d.last_at >= oldest]
+    askers = {run.id: asker for run, asker in runs.items}
+    merged = run_history.interleave([run for run, _ in runs.items], days)
+    return [(item, None if getattr(item, "quiet", False) else askers.get(item.id)) for item in merged]
 
 
 def _status(box: Mailbox) -> dict:
