@@ -9,6 +9,7 @@ portal/metrics.py's.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -162,11 +163,13 @@ def _lag(fleet: Fleet) -> None:
             select(Mailbox.provider, since).where(Mailbox.state.in_(SYNCABLE))):
         lags.setdefault(provider, []).append(max((fleet.now - at).total_seconds(), 0.0) if at else 0.0)
     for provider, values in lags.items():
-        buckets = [(float(bound), sum(1 for v in values if v <= bound)) for bound in LAG_BUCKETS]
+        values.sort()
+        buckets = [(float(bound), bisect_right(values, bound)) for bound in LAG_BUCKETS]
         buckets.append((float("inf"), len(values)))
-        fleet.lag[provider] = ProviderLag(provider=provider, buckets=buckets, count=len(values),
-                                          total_seconds=sum(values), max_seconds=max(values, default=0.0),
-                                          lagging=sum(1 for v in values if v > 2 * fleet.interval_max_seconds))
+        fleet.lag[provider] = ProviderLag(
+            provider=provider, buckets=buckets, count=len(values), total_seconds=sum(values),
+            max_seconds=values[-1] if values else 0.0,
+            lagging=len(values) - bisect_right(values, 2 * fleet.interval_max_seconds))
 
 
 def _run_numbers(fleet: Fleet) -> None:
