@@ -29,6 +29,9 @@ EIS_SIGNIN_MAX_FAILURES = 10  # failed sign-ins of one account within EIS_SIGNIN
 EIS_SIGNIN_MAX_FAILURES_PER_CLIENT = 50  # the same, from one client address, across accounts
 EIS_SIGNIN_WINDOW_MINUTES = 15
 EIS_SEND_MAX_BODY_BYTES = 1024 * 1024  # the text of an email sent from the CRM
+# A long random value: Prometheus sends it as "Authorization: Bearer ..." to /metrics.
+# None: /metrics is closed (404). /healthz and /readyz need no token.
+EIS_METRICS_TOKEN = None
 
 # Sync defaults; admins may override them at run time (Setting rows).
 EIS_BACKFILL_DAYS = 30

@@ -70,6 +70,8 @@ def test_unknown_page_is_a_friendly_404(client):
 # anonymous users are sent to sign in (302). API: the status for each role's token.
 # Other test modules add their routes in a ROUTE_ROLE_TABLE of the same shape
 # (method, path, json body or None, {role: status}); `{theirs}` is another rep's mailbox.
+# A route for machines that needs no sign-in (/healthz, /readyz, /metrics with its own token)
+# says what a caller without a session gets under the key "anonymous".
 ROUTE_ROLE_TABLE = [
     ("GET", "/", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
     ("GET", "/settings", None, {"rep": 200, "support": 200, "it": 200, "admin": 200}),
@@ -140,10 +142,13 @@ def test_route_role_table(world, role):
 
 
 def test_pages_send_anonymous_users_to_sign_in(client):
-    for method, path, body, _ in all_route_role_rows():
+    for method, path, body, expected in all_route_role_rows():
         if path.startswith("/api/"):
             continue
         r = _open(client, method, path.format(theirs=1), body)
+        if "anonymous" in expected:
+            assert r.status_code == expected["anonymous"], (method, path, r.status_code)
+            continue
         assert r.status_code in (302, 400), (method, path, r.status_code)  # 400: POST without CSRF
         if r.status_code == 302:
             assert "/login" in r.headers["Location"], path

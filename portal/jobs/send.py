@@ -1,6 +1,7 @@
 """Send jobs (queue `send`): one email to a customer, retried by RQ on transient faults."""
 from rq import get_current_job
 
+from portal import metrics
 from portal.jobs.context import app_context
 from portal.sending.deliver import send_outgoing
 
@@ -14,5 +15,5 @@ def send_email(outgoing_id: int) -> dict:
     job = get_current_job()
     # retries_left counts down as RQ retries; none left (or no RQ at all) is the last chance.
     last_attempt = job is None or not job.retries_left
-    with app_context():
+    with app_context(), metrics.observe_job("send"):
         return send_outgoing(outgoing_id, last_attempt=last_attempt)

@@ -5,7 +5,7 @@ import logging
 from flask import has_app_context
 from rq import get_current_job
 
-from portal import run_history
+from portal import metrics, run_history
 from portal.extensions import db
 from portal.jobs.context import app_context
 from portal.sync import AlreadyRunning, run_sync
@@ -17,7 +17,7 @@ def sync_mailbox(mailbox_id: int, trigger: str = "scheduled", requested_by_id: i
     """Sync one mailbox. Mail-server faults are recorded on the run and the mailbox and the
     job ends; anything else (a bug, the database down) raises so RQ marks the job failed."""
     job = get_current_job()
-    with app_context():
+    with app_context(), metrics.observe_job("sync"):
         return _one(mailbox_id, trigger, requested_by_id, job.id if job else None, None)
 
 
@@ -31,7 +31,7 @@ def sync_mailboxes(mailbox_ids: list[int]) -> dict:
     job = get_current_job()
     results, first_error = [], None
     own_context = not has_app_context()  # in a worker; a test's in-process call keeps its session
-    with app_context():
+    with app_context(), metrics.observe_job("sync_batch"):  # the counts of all, in one pipeline
         intervals = run_history.Intervals.current()
         for mailbox_id in mailbox_ids:
             try:
@@ -57,6 +57,10 @@ def _one(mailbox_id: int, trigger: str, requested_by_id: int | None, job_id: str
     except AlreadyRunning as exc:
         log.info("%s", exc)
         return {"mailbox_id": mailbox_id, "skipped": "already running"}
+    except Exception:
+        metrics.count_sync_failure("internal_error")  # run_sync recorded it on the run, and raises
+        raise
     if run is None:
         return {"mailbox_id": mailbox_id, "skipped": "not syncable"}
+    metrics.count_sync_run(run)
     return {"mailbox_id": mailbox_id, "run_id": run.id, "status": run.status}

@@ -26,10 +26,11 @@ from portal.web.mailboxes import views as mailboxes
 from portal.web.main import views as main
 from portal.web.nav import nav_for
 from portal.web.oauth import views as oauth
+from portal.web.ops import views as ops
 from portal.web.send import views as send
 from portal.web.support import views as support
 
-AREAS = (auth, main, mailboxes, customers, support, it, admin, oauth, send)
+AREAS = (auth, main, mailboxes, customers, support, it, admin, oauth, send, ops)
 # Modules whose routes join a blueprint defined elsewhere: imported for those routes.
 MORE_ROUTES = (admin_addresses, admin_users, api_crm, api_mailboxes, api_openapi, api_send)
 
