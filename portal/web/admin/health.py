@@ -17,7 +17,7 @@ from portal.accounts.oauth.providers import all_providers
 from portal.accounts.policy import allowed_domains
 from portal.extensions import db
 from portal.fleet_health import Fleet, gather_fleet
-from portal.models import Mailbox, SyncRun
+from portal.models import Mailbox, SyncQuietDay, SyncRun
 from portal.queue import QUEUES, get_queue, get_redis
 from portal.timeutil import to_utc_naive
 
@@ -41,6 +41,7 @@ class Health:
     failed: list[FailedJob] = field(default_factory=list)
     stuck: list = field(default_factory=list)  # (SyncRun, address), at most 200
     last_hour: dict = field(default_factory=dict)  # status -> runs started in the last hour
+    quiet_last_hour: int = 0  # mailboxes polled quietly in the last hour
 
     @property
     def now(self) -> datetime:
@@ -103,6 +104,10 @@ def gather() -> Health:
         select(SyncRun.status, func.count(SyncRun.id)).where(SyncRun.started_at >= fleet.now - timedelta(hours=1))
         .group_by(SyncRun.status)
     ).all())
+    # Quiet polls are counted per mailbox per day, not kept as runs (portal/run_history.py):
+    # the mailboxes whose last quiet poll was in the last hour.
+    health.quiet_last_hour = db.session.scalar(select(func.count()).select_from(SyncQuietDay).where(
+        SyncQuietDay.last_at >= fleet.now - timedelta(hours=1))) or 0
     return health
 
 
