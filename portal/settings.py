@@ -40,6 +40,7 @@ EIS_IMAP_TIMEOUT_SECONDS = 60
 EIS_HEADER_BATCH = 1000  # headers per FETCH and per transaction (bench/sync.py: 500 cost 5-10 % more)
 EIS_BODY_BATCH_BYTES = 8 * 1024 * 1024
 EIS_RUN_STALE_SECONDS = 300
+EIS_SCHEDULER_TICK_SECONDS = 15.0  # how often the scheduler looks for due mailboxes and stuck runs
 EIS_LIVE_POLL_SECONDS = 2.0  # how often a page asks about a sync or a sending in progress
 EIS_TLS_CA_FILE = None
 EIS_SUPPORT_CONTACT = None  # an address or a URL the fix steps send support to; None: "your CRM administrator"

@@ -26,7 +26,7 @@ from portal.extensions import db
 from portal.models import Mailbox, SyncRun
 from portal.queue import enqueue_sync, get_redis
 from portal.scheduling import queued_lease
-from portal.sync import release_lock_of_run
+from portal.sync import lock_key, release_lock_of_run
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ LEASE_SECONDS = 60
 TICK_SECONDS = 15
 BATCH = 500
 
+_DELETE_IF = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('expire', KEYS[1], ARGV[2])
@@ -148,9 +152,28 @@ def fail_orphaned_jobs(queue_name: str = "sync") -> int:
             continue
         log.warning("job %s: its worker %s is gone; failing it so that its mailbox can be queued again",
                     job_id, worker)
+        _release_claims_of(job_id)
         _fail_dead_job(job_id)
         failed += 1
     return failed
+
+
+def _release_claims_of(job_id: str) -> None:
+    """A job killed between claiming its mailbox's lock and recording its run leaves a
+    "claim-..." lock (no run to recover it by) for the lock's whole TTL: let go of it."""
+    redis = get_redis()
+    try:
+        kwargs = Job.fetch(job_id, connection=redis).kwargs or {}
+    except Exception:  # gone, or a payload this version cannot read: RQ's clean-up has it
+        return
+    ids = kwargs.get("mailbox_ids") or [kwargs.get("mailbox_id")]
+    for mailbox_id in ids:
+        if mailbox_id is None:
+            continue
+        key = lock_key(mailbox_id)
+        held = redis.get(key)
+        if held is not None and held.startswith(b"claim-"):
+            redis.eval(_DELETE_IF, 1, key, held)
 
 
 def _worker_alive(redis, name: str, here: str) -> bool:
