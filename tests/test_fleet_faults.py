@@ -237,6 +237,11 @@ def test_fleet_heals_after_a_worker_redis_postgresql_and_dovecot_fail_in_turn(fl
         note(f"all logged {done - faults_ended:.1f} s after the last fault" if done else
              f"{len(missing)} never logged")
         print("\n".join(story))
+        for worker in (leader, replacement):
+            print(f"--- {worker.name}: what it said about the faults")
+            print("\n".join(line for line in worker.log_tail(100_000).splitlines() if any(
+                word in line for word in ("Redis", "fresh worker", "registering again", "scheduler tick",
+                                          "answers again", "is gone", "the scheduler"))))
 
         # Every message logged, exactly once: one email, one activity on the customer; none
         # made up.
@@ -263,3 +268,43 @@ def test_fleet_heals_after_a_worker_redis_postgresql_and_dovecot_fail_in_turn(fl
         trickle.stopping.set()
         for worker in workers:
             worker.stop()
+
+
+def test_a_worker_outlives_redis_going_away_in_the_middle_of_a_job(tmp_path):
+    """RQ's work loop quits when Redis goes away while a job runs (its bookkeeping after the
+    job fails): worker.py waits for Redis and carries on with a fresh worker."""
+    from rq import Queue
+    from rq.job import Job, JobStatus
+
+    redis_server = RedisServer(port=free_port()).start()
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'unused.sqlite3'}", "REDIS_URL": redis_server.url,
+              "SECRET_KEY": "worker-" + uuid.uuid4().hex, "EIS_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
+    worker = WorkerProcess(config, {"PYTHONUNBUFFERED": "1"})
+    try:
+        worker.start()
+        connection = redis_server.client()
+        job = Queue("default", connection=connection).enqueue_call("time.sleep", args=(2,))
+        deadline = time.monotonic() + 10
+        while job.get_status(refresh=True) != JobStatus.STARTED:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.05)
+        redis_server.kill()  # in the middle of the job
+        time.sleep(DOWN_SECONDS)
+        redis_server.start()
+        connection = redis_server.client()
+        deadline = time.monotonic() + 30
+        while not connection.sismember("rq:workers", f"rq:worker:{worker.name}"):
+            assert worker.running, f"worker.py exited\n{worker.log_tail()}"
+            assert time.monotonic() < deadline, f"not registered again\n{worker.log_tail()}"
+            time.sleep(0.1)
+        # And it works: a new job is done.
+        job = Queue("default", connection=connection).enqueue_call("os.getpid")
+        deadline = time.monotonic() + 30
+        while Job.fetch(job.id, connection=connection).get_status() != JobStatus.FINISHED:
+            assert time.monotonic() < deadline, f"the job after the outage did not run\n{worker.log_tail()}"
+            time.sleep(0.1)
+        assert worker.running
+        assert "starting a fresh worker" in worker.log_tail(200), worker.log_tail()
+    finally:
+        worker.stop()
+        redis_server.close()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import redis.exceptions
 from redis import Redis
 from rq import Worker, worker_registration
+from rq.exceptions import StopRequested
 from sqlalchemy.orm import configure_mappers
 
 # Imported here so that every work horse inherits them, parsed and frozen.
@@ -94,35 +95,40 @@ def work_until_stopped(connection: Redis, *, name: str | None = None, burst: boo
     empty. When RQ's work loop ends any other way (Redis lost in the middle of a job, or a
     time-out: RQ then quits), wait until Redis answers, with back-off, and start a fresh
     worker: a worker never exits because Redis or the database was away for a while."""
+    stop = threading.Event()  # SIGTERM/SIGINT between two workers (RQ's own handlers during one)
     quick_failures = 0
     while True:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        if stop.is_set():
+            return 0
         worker: EisWorker | None = None
         started = time.monotonic()
         try:
             worker = EisWorker(list(QUEUES), connection=connection, name=name)
+            if stop.is_set():
+                return 0
             worker.work(burst=burst, logging_level=logging_level)
             if burst or worker.stop_asked:
                 return 0
             log.error("worker %s: RQ's work loop ended by itself; starting a fresh worker", worker.name)
+        except StopRequested:
+            return 0
         except Exception as exc:
             if burst:
                 raise
             log.error("worker %s: the work loop stopped (%s: %s); starting a fresh worker once Redis answers",
                       getattr(worker, "name", name), type(exc).__name__, exc)
-        if worker is not None and worker.stop_asked:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        if stop.is_set() or (worker is not None and worker.stop_asked):
             return 0
         quick_failures = quick_failures + 1 if time.monotonic() - started < 60 else 1
-        stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            if not _wait_for_redis(connection, stop, first_delay=min(2 ** (quick_failures - 1), 30)):
-                return 0
-            _let_go_of(worker)
-            if before_restart is not None:
-                before_restart()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        if not _wait_for_redis(connection, stop, first_delay=min(2 ** (quick_failures - 1), 30)):
+            return 0
+        _let_go_of(worker)
+        if before_restart is not None:
+            before_restart()
 
 
 def _wait_for_redis(connection: Redis, stop: threading.Event, first_delay: float) -> bool:
