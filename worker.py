@@ -2,19 +2,23 @@
 
     python worker.py            work the queues (send, sync, default) and run the scheduler
     python worker.py --burst    run every queued job, then exit
+
+It keeps running through outages: when Redis is away it waits for it (and logs so), when
+the database is away the jobs fail and their mailboxes are due again within the longest
+sync interval, and the scheduler's process is started again if it ever ends.
 """
 import argparse
 import logging
 import os
 import sys
 
-from rq import Worker
-
 from portal import create_app
 from portal.jobs.context import set_worker_app
 from portal.jobs.schedule import start_scheduler_process
-from portal.jobs.worker import prepare_worker_process
-from portal.queue import QUEUES, get_redis
+from portal.jobs.worker import prepare_worker_process, work_until_stopped
+from portal.queue import get_redis
+
+log = logging.getLogger("worker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,15 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = None
     if not args.burst and not args.no_scheduler:
         scheduler = start_scheduler_process()
+
+    def keep_scheduler() -> None:
+        nonlocal scheduler
+        if scheduler is not None and not scheduler.is_alive():
+            log.error("the scheduler process ended (exit code %s); starting it again", scheduler.exitcode)
+            scheduler = start_scheduler_process()
+
     prepare_worker_process()
     try:
-        worker = Worker(list(QUEUES), connection=connection, name=args.name)
-        worker.work(burst=args.burst, logging_level=os.environ.get("EIS_LOG_LEVEL", "INFO"))
+        return work_until_stopped(connection, name=args.name, burst=args.burst,
+                                  logging_level=os.environ.get("EIS_LOG_LEVEL", "INFO"),
+                                  before_restart=keep_scheduler)
     finally:
         if scheduler is not None:
             scheduler.terminate()
             scheduler.join(10)
-    return 0
 
 
 if __name__ == "__main__":

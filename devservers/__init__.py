@@ -1,6 +1,7 @@
 """The real servers the tests, the demo and the benchmark start: Dovecot (IMAP), Redis, an
-SMTP sink, an OAuth 2.0 / OpenID Connect authorization server standing in for Microsoft's
-and Google's, and the product's own worker process.
+SMTP sink, a private PostgreSQL cluster (for tests that restart it), an OAuth 2.0 / OpenID
+Connect authorization server standing in for Microsoft's and Google's, and the product's
+own worker process.
 
 Plain classes, no pytest: each one starts a real process or thread on free loopback ports
 from a temp folder and is stopped by its own pid.  The recipes follow shared/TESTBED.md.
@@ -16,6 +17,7 @@ from devservers.dovecot_mail import MAIL_GID, MAIL_UID
 from devservers.messages import make_message
 from devservers.oauth import Flavour, OAuthTestServer
 from devservers.oauth_records import GMAIL, OUTLOOK
+from devservers.postgres import PostgresServer
 from devservers.process import ServerStartError, free_port
 from devservers.redis_server import RedisServer
 from devservers.smtp import SmtpSink
@@ -24,6 +26,7 @@ from devservers.worker import WorkerProcess, environment_of
 __all__ = [
     "Dovecot",
     "RedisServer",
+    "PostgresServer",
     "SmtpSink",
     "WorkerProcess",
     "OAuthTestServer",

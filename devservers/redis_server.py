@@ -131,6 +131,13 @@ class RedisServer:
     def client(self, db: int = 0):
         return redis.Redis(host=self.host, port=self.port, db=db)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: with no persistence, everything in it is lost. start()
+        again on the same port (pass `port` to keep it for certain)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self.stop()
+
     def stop(self) -> None:
         """Stop; with no persistence there is nothing to keep, so our temp folder goes too."""
         proc, self._proc = self._proc, None

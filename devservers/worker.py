@@ -3,9 +3,11 @@ the environment from an app's config, as an operator would run it."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,27 @@ class WorkerProcess:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and the job it runs, as a crash of the machine would. RQ runs a
+        job in a work horse with a process group of its own: the worker is stopped first so
+        that it cannot see its horse die and tidy up, then each child, then its group. The
+        log stays (log_tail); stop() removes it."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGSTOP)
+        children = _children(proc.pid)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         _stop_process(proc, grace=10.0)
@@ -90,3 +113,18 @@ class WorkerProcess:
 
 
 _worker_numbers = itertools.count(1)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found

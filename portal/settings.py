@@ -35,8 +35,9 @@ EIS_METRICS_TOKEN = None
 
 # Sync defaults; admins may override them at run time (Setting rows).
 EIS_BACKFILL_DAYS = 30
-EIS_SYNC_INTERVAL_MIN_MINUTES = 10
-EIS_SYNC_INTERVAL_MAX_MINUTES = 30
+# Floats: the environment may give fractions of a minute (tests sync every few seconds).
+EIS_SYNC_INTERVAL_MIN_MINUTES = 10.0
+EIS_SYNC_INTERVAL_MAX_MINUTES = 30.0
 EIS_PROBLEMATIC_AFTER_FAILURES = 5
 EIS_IMAP_TIMEOUT_SECONDS = 60
 EIS_HEADER_BATCH = 1000  # headers per FETCH and per transaction (bench/sync.py: 500 cost 5-10 % more)
@@ -44,6 +45,7 @@ EIS_BODY_BATCH_BYTES = 8 * 1024 * 1024
 EIS_RUN_STALE_SECONDS = 300
 EIS_RUN_RETENTION_DAYS = 90  # sync runs that did something are kept this long; quiet polls are daily counts
 EIS_SYNC_BATCH = 50  # due mailboxes the scheduler hands to one sync job (one fork, one app set-up)
+EIS_SCHEDULER_TICK_SECONDS = 15.0  # how often the scheduler looks for due mailboxes and stuck runs
 EIS_LIVE_POLL_SECONDS = 2.0  # how often a page asks about a sync or a sending in progress
 EIS_TLS_CA_FILE = None
 EIS_SUPPORT_CONTACT = None  # an address or a URL the fix steps send support to; None: "your CRM administrator"

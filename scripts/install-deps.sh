@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests and the demo need, then the project into .venv.  Safe to re-run.
-#   system: dovecot-imapd dovecot-submissiond redis-server chromium openssl (apt, as root)
+#   system: dovecot-imapd dovecot-submissiond redis-server chromium openssl (apt, as root), and
+#           postgresql's server binaries (the fault test starts a cluster of its own)
 #   python: .venv in the repo root with `pip install -e '.[test]'`
 #   npm:    tests/js (axe-core, which the browser tests inject for WCAG checks)
 # PYTHON=python3.12 scripts/install-deps.sh picks the interpreter for a new .venv.
@@ -33,6 +34,11 @@ for cmd in dovecot redis-server chromium openssl npm; do
     have "$cmd" || missing+=("$cmd")
 done
 have npm || APT_PACKAGES+=(nodejs npm)  # a machine with Node.js from elsewhere keeps its own
+# tests/test_fleet_faults.py restarts a PostgreSQL of its own (devservers/postgres.py)
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! have initdb; then
+    missing+=(initdb)
+    APT_PACKAGES+=(postgresql)
+fi
 # dovecot-core alone gives the `dovecot` command but no IMAP or submission service
 for helper in /usr/lib/dovecot/imap /usr/lib/dovecot/submission; do
     [[ -x "$helper" ]] || missing+=("$helper")

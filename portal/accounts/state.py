@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy.orm.attributes import flag_modified
 
 from portal import runtime_settings
+from portal.accounts import recovery
 from portal.extensions import db
 from portal.mail.errors import Classified
 from portal.models import Mailbox, MailboxStateChange, User
@@ -53,7 +54,8 @@ def resume(mailbox: Mailbox, actor: User | None) -> None:
 
 
 def mark_synced(mailbox: Mailbox, next_sync_in: timedelta) -> None:
-    """A sync succeeded: active, no reason left, the next one in `next_sync_in`."""
+    """A sync succeeded: active, no reason left, the next one in `next_sync_in`. Its server
+    answers, so mailboxes backing off on it are made due soon (accounts/recovery.py)."""
     now = utcnow()
     mailbox.last_sync_at = mailbox.last_success_at = now
     mailbox.consecutive_failures = 0
@@ -62,6 +64,7 @@ def mark_synced(mailbox: Mailbox, next_sync_in: timedelta) -> None:
     if mailbox.state == PENDING or mailbox.reason:
         _change(mailbox, ACTIVE)
     mailbox.next_sync_at = now + next_sync_in
+    recovery.host_answered(mailbox)
 
 
 def mark_polled(mailbox: Mailbox, next_sync_in: timedelta, *, now=None) -> bool:
@@ -78,13 +81,16 @@ def mark_polled(mailbox: Mailbox, next_sync_in: timedelta, *, now=None) -> bool:
                 recent_messages=mailbox.recent_messages, recent_messages_at=mailbox.recent_messages_at,
                 updated_at=now)
     ).rowcount
+    if done:
+        recovery.host_answered(mailbox)  # one Redis call when nothing on its host backs off
     return bool(done)
 
 
 def record_failure(mailbox: Mailbox, classified: Classified) -> None:
     """A sync failed: a refusal, or one transient fault too many (the admin's threshold),
     makes the mailbox Problematic; otherwise it keeps its state, shows the reason as
-    "retrying" and backs off. Throttling is never counted: it is never Problematic by itself."""
+    "retrying" and backs off, never longer than the longest sync interval (a provider's own
+    "retry after" excepted). Throttling is never counted: it is never Problematic by itself."""
     now = utcnow()
     mailbox.last_sync_at = now
     if mailbox.state not in SYNCABLE:
@@ -96,7 +102,9 @@ def record_failure(mailbox: Mailbox, classified: Classified) -> None:
         return
     mailbox.reason, mailbox.detail = classified.reason, classified.detail
     mailbox.next_sync_at = now + backoff_delay(max(mailbox.consecutive_failures, 1),
+                                               longest=runtime_settings.longest_interval(),
                                                retry_after=classified.retry_after)
+    recovery.host_failed(mailbox, classified.reason)
 
 
 def mark_problematic(mailbox: Mailbox, reason: str, detail: str | None, actor: User | None = None) -> None:

@@ -5,23 +5,28 @@ Redis, so one process schedules at a time and another takes over if it dies.
 """
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import threading
+import time
 import uuid
 from datetime import timedelta
 
 from flask import Flask, current_app
 from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from sqlalchemy import or_, select, update
 
+from portal import run_history, runtime_settings
 from portal.accounts import state
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
-from portal import run_history
 from portal.queue import enqueue_sync, enqueue_sync_batch, get_redis
-from portal.sync import release_lock_of_run
+from portal.scheduling import queued_lease
+from portal.sync import lock_key, release_lock_of_run
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -29,8 +34,11 @@ LEADER_KEY = "eis:scheduler:leader"
 LEASE_SECONDS = 60
 TICK_SECONDS = 15
 BATCH = 500
-QUEUED_LEASE = timedelta(minutes=5)
 
+_DELETE_IF = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('expire', KEYS[1], ARGV[2])
@@ -56,6 +64,7 @@ class Scheduler:
             if not self.is_leader():
                 return {"leader": False, "enqueued": 0, "recovered": 0}
             recovered = recover_stale_runs(self.app.config["EIS_RUN_STALE_SECONDS"])
+            recovered += fail_orphaned_jobs()
             enqueued = enqueue_due()
             # Small batches, one a tick: a backlog of old runs drains over minutes, never
             # locking the table for long.
@@ -63,11 +72,27 @@ class Scheduler:
             return {"leader": True, "enqueued": enqueued, "recovered": recovered, "pruned": pruned}
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Tick until stopped. A tick that fails (Redis or the database away, a bug) is
+        logged and the next one comes on time: the first failure with its traceback, then
+        one line a minute while it lasts, and a line when ticks work again."""
+        failing_since = last_said = None
+        failures = 0
         while not stop.is_set():
             try:
                 self.tick()
-            except Exception:  # a bad tick must not kill the loop; it is logged and retried
-                log.exception("scheduler tick failed")
+                if failing_since is not None:
+                    log.warning("scheduler ticks work again after %d failed ticks in %.0f s",
+                                failures, time.monotonic() - failing_since)
+                failing_since, failures = None, 0
+            except Exception as exc:  # a bad tick must not kill the loop; it is logged and retried
+                failures += 1
+                if failing_since is None:
+                    failing_since = last_said = time.monotonic()
+                    log.exception("scheduler tick failed; retrying every tick until it works")
+                elif time.monotonic() - last_said >= 60:
+                    last_said = time.monotonic()
+                    log.error("scheduler ticks still failing (%d in %.0f s): %s: %s", failures,
+                              last_said - failing_since, type(exc).__name__, str(exc)[:300])
             stop.wait(self.app.config.get("EIS_SCHEDULER_TICK_SECONDS", TICK_SECONDS))
 
 
@@ -95,10 +120,13 @@ def enqueue_due(now=None) -> int:
     for start in range(0, len(scheduled), size):
         enqueue_sync_batch(scheduled[start:start + size])
     queued += scheduled
-    if queued:
+    if due:
         # Provisional: each sync sets the real next time when it ends. This keeps a mailbox
-        # whose job is waiting in the queue from being picked again every tick.
-        db.session.execute(update(Mailbox).where(Mailbox.id.in_(queued)).values(next_sync_at=now + QUEUED_LEASE))
+        # whose job is waiting in the queue from being picked again every tick; never
+        # longer than the longest interval, so a Redis that lost its queue delays nothing long.
+        lease = queued_lease(runtime_settings.longest_interval())
+        db.session.execute(update(Mailbox).where(Mailbox.id.in_([i for i, _ in due]))
+                           .values(next_sync_at=now + lease))
     db.session.commit()
     return len(queued)
 
@@ -122,6 +150,66 @@ def recover_stale_runs(stale_seconds: int, now=None) -> int:
     return len(stale)
 
 
+def fail_orphaned_jobs(queue_name: str = "sync") -> int:
+    """Sync jobs RQ still counts as started although the worker that took them is dead (a
+    worker killed before its job recorded a run, which recover_stale_runs cannot see).
+    Until RQ's own clean-up (up to ten minutes later) their mailboxes could not be queued
+    again. A worker on this machine is dead when its process is; one elsewhere is left to
+    RQ's clean-up (run here every tick: it fails executions that stopped heart-beating)."""
+    redis = get_redis()
+    registry = StartedJobRegistry(queue_name, connection=redis)
+    here = socket.gethostname()
+    failed = 0
+    for job_id, execution_id in registry.get_job_and_execution_ids():  # after RQ's clean-up
+        try:
+            worker = Execution.fetch(execution_id, job_id, redis).worker_name
+        except ValueError:
+            continue  # the execution ended meanwhile
+        if _worker_alive(redis, worker, here):
+            continue
+        log.warning("job %s: its worker %s is gone; failing it so that its mailbox can be queued again",
+                    job_id, worker)
+        _release_claims_of(job_id)
+        _fail_dead_job(job_id)
+        failed += 1
+    return failed
+
+
+def _release_claims_of(job_id: str) -> None:
+    """A job killed between claiming its mailbox's lock and recording its run leaves a
+    "claim-..." lock (no run to recover it by) for the lock's whole TTL: let go of it."""
+    redis = get_redis()
+    try:
+        kwargs = Job.fetch(job_id, connection=redis).kwargs or {}
+    except Exception:  # gone, or a payload this version cannot read: RQ's clean-up has it
+        return
+    ids = kwargs.get("mailbox_ids") or [kwargs.get("mailbox_id")]
+    for mailbox_id in ids:
+        if mailbox_id is None:
+            continue
+        key = lock_key(mailbox_id)
+        held = redis.get(key)
+        if held is not None and held.startswith(b"claim-"):
+            redis.eval(_DELETE_IF, 1, key, held)
+
+
+def _worker_alive(redis, name: str, here: str) -> bool:
+    if not name:
+        return True  # not known: leave it to RQ
+    fields = {k.decode(): v.decode() for k, v in redis.hgetall(f"rq:worker:{name}").items()}
+    if "death" in fields:
+        return False
+    if fields.get("hostname") != here or not fields.get("pid", "").isdigit():
+        return True
+    try:
+        os.kill(int(fields["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fail_dead_job(job_id: str | None) -> None:
     """The killed worker's RQ job still reads "started" until RQ's own clean-up (minutes
     later); until then the mailbox could not be queued again. Take it out now."""
@@ -143,7 +231,12 @@ def _scheduler_process_main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Scheduler(create_app()).run_forever(stop)
+    while not stop.is_set():
+        try:
+            Scheduler(create_app()).run_forever(stop)
+        except Exception:  # run_forever catches its ticks' faults; this is the last line of defence
+            log.exception("the scheduler loop stopped; starting it again in 5 s")
+            stop.wait(5)
 
 
 def start_scheduler_process() -> multiprocessing.Process:

@@ -1,4 +1,4 @@
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
@@ -122,7 +122,7 @@ def settings():
 
 
 def _defaults() -> dict:
-    return {key: current_app.config[config_key] for key, (config_key, _l, _h) in runtime_settings.KNOWN.items()}
+    return {key: runtime_settings.default(key) for key in runtime_settings.KNOWN}
 
 
 # -- health ------------------------------------------------------------------------------------
