@@ -64,15 +64,19 @@ class Intervals:
 
 
 def next_sync_in(mailbox: Mailbox, intervals: Intervals | None = None, *, saw_mail: bool = False,
-                 now: datetime | None = None) -> timedelta:
-    """When the mailbox syncs next: busier mailboxes and active owners sooner."""
+                 quiet: bool = False, now: datetime | None = None) -> timedelta:
+    """When the mailbox syncs next: busier mailboxes and active owners sooner. `quiet`: the
+    caller writes the mailbox itself (state.mark_polled's one UPDATE), so the recount is
+    not an ORM change that would flush a second UPDATE."""
     now = now or utcnow()
     intervals = intervals or Intervals.current()
     if saw_mail or mailbox.recent_messages_at is None or mailbox.recent_messages_at < now - RECOUNT_AFTER:
-        # Not an ORM change (a quiet poll writes the mailbox with one guarded UPDATE of its
-        # own): state.mark_polled and state.mark_synced write these two.
-        set_committed_value(mailbox, "recent_messages", recent_messages(mailbox.id, now))
-        set_committed_value(mailbox, "recent_messages_at", now)
+        count = recent_messages(mailbox.id, now)
+        if quiet:
+            set_committed_value(mailbox, "recent_messages", count)
+            set_committed_value(mailbox, "recent_messages_at", now)
+        else:
+            mailbox.recent_messages, mailbox.recent_messages_at = count, now
     owner = mailbox.owner
     active = bool(owner and owner.last_seen_at and owner.last_seen_at >= now - timedelta(hours=1))
     return next_interval(min_minutes=intervals.min_minutes, max_minutes=intervals.max_minutes,

@@ -108,7 +108,7 @@ def _finish_success(mailbox: Mailbox, run: SyncRun, session: ImapSession, lock: 
     run.phase = None
     if run.id is None and run_history.is_quiet(run):
         # Nothing new and nothing to change: the mailbox's times and the day's count.
-        next_in = run_history.next_sync_in(mailbox, intervals, now=now)
+        next_in = run_history.next_sync_in(mailbox, intervals, quiet=True, now=now)
         if state.mark_polled(mailbox, next_in, now=now):
             run_history.count_quiet(mailbox.id, imap_commands=session.commands,
                                     seconds=(now - run.started_at).total_seconds(), at=now)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy.orm.attributes import flag_modified
-
 from portal import runtime_settings
 from portal.accounts import recovery
 from portal.extensions import db
@@ -59,8 +57,6 @@ def mark_synced(mailbox: Mailbox, next_sync_in: timedelta) -> None:
     now = utcnow()
     mailbox.last_sync_at = mailbox.last_success_at = now
     mailbox.consecutive_failures = 0
-    flag_modified(mailbox, "recent_messages")  # counted afresh by run_history.next_sync_in
-    flag_modified(mailbox, "recent_messages_at")
     if mailbox.state == PENDING or mailbox.reason:
         _change(mailbox, ACTIVE)
     mailbox.next_sync_at = now + next_sync_in
