@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from playwright.sync_api import expect
 from rq.job import Job
-from sqlalchemy import select, update
+from sqlalchemy import event, insert, select, update
 
 from devservers import SmtpSink
 from portal.accounts import linking, state
@@ -173,6 +173,31 @@ def test_a_mailbox_reconnected_before_the_sweep_or_the_sending_is_not_emailed(ma
     assert row.status == "skipped" and "no longer" in row.detail
 
 
+def test_two_schedulers_sweeping_at_once_write_each_incident_once(mail, notifying):
+    """Another scheduler writes one of the incidents between this sweep's read and its write:
+    the unique key refuses the second row and the other incident is still written."""
+    boxes = [mail.rep_with_mailbox(name)[1] for name in ("ota", "pavla")]
+    for box in boxes:
+        state.mark_problematic(db.session.get(Mailbox, box.id), "auth_failed", "[AUTHENTICATIONFAILED] x")
+    db.session.commit()
+    first = db.session.scalars(select(MailboxStateChange).where(MailboxStateChange.mailbox_id == boxes[0].id,
+                                                                MailboxStateChange.to_state == "problematic")).one()
+    values = {"kind": "mailbox_problematic", "dedupe_key": f"mailbox_problematic:{first.id}", "status": "pending",
+              "user_id": db.session.get(Mailbox, boxes[0].id).user_id, "mailbox_id": boxes[0].id,
+              "state_change_id": first.id, "attempts": 0, "created_at": utcnow()}
+
+    def the_other_scheduler_commits_first(session, flush_context, instances):
+        with db.engine.begin() as other:
+            other.execute(insert(Notification).values(**values))
+
+    event.listen(db.session, "before_flush", the_other_scheduler_commits_first, once=True)
+    assert sweep()["incidents"] == 1  # the other one was theirs
+    assert sorted(r.mailbox_id for r in rows()) == sorted(b.id for b in boxes)
+    mail.work()
+    assert sorted(r for m in received(notifying) for r in m.rcpt_tos) == \
+        sorted(db.session.get(Mailbox, b.id).owner.email for b in boxes)
+
+
 def test_transient_faults_below_the_threshold_send_nothing(mail, notifying):
     _rep, box = mail.rep_with_mailbox("dana")
     mail.sync(box, "backfill")
@@ -221,6 +246,7 @@ def test_opting_out_on_your_settings_in_chromium_stops_the_emails(app, mail, per
     person.page.get_by_role("link", name="Your settings").click()
     checkbox = person.page.get_by_label("Email me when one of my email accounts stops syncing")
     expect(checkbox).to_be_checked()
+    person.audit("Your settings, with the notifications checkbox")
     checkbox.uncheck()
     person.button("Save").click()
     expect(person.flash()).to_contain_text("email notifications are off")

@@ -61,20 +61,25 @@ def incident_id_of(mailbox_id: int) -> int | None:
                              .where(MailboxStateChange.mailbox_id == mailbox_id, made_problematic()))
 
 
-def current_incidents(*, began_before: datetime | None = None, began_after: datetime | None = None):
-    """(Mailbox, owner, incident) of every Problematic mailbox, oldest incident first."""
+def _incidents(*entities, began_before: datetime | None = None, began_after: datetime | None = None):
+    """A query of `entities` over every Problematic mailbox, its owner and its current incident."""
     latest = (select(func.max(MailboxStateChange.id)).where(MailboxStateChange.mailbox_id == Mailbox.id,
                                                             made_problematic())
               .correlate(Mailbox).scalar_subquery())
-    query = (select(Mailbox, User, MailboxStateChange)
-             .join(User, User.id == Mailbox.user_id)
+    query = (select(*entities)
+             .join_from(Mailbox, User, User.id == Mailbox.user_id)
              .join(MailboxStateChange, MailboxStateChange.id == latest)
              .where(Mailbox.state == PROBLEMATIC))
     if began_before is not None:
         query = query.where(MailboxStateChange.at <= began_before)
     if began_after is not None:
         query = query.where(MailboxStateChange.at >= began_after)
-    return db.session.execute(query.order_by(MailboxStateChange.at, Mailbox.id)).all()
+    return query.order_by(MailboxStateChange.at, Mailbox.id)
+
+
+def current_incidents(**when):
+    """(Mailbox, owner, incident) of every Problematic mailbox, oldest incident first."""
+    return db.session.execute(_incidents(Mailbox, User, MailboxStateChange, **when)).all()
 
 
 def long_problematic(now: datetime) -> list[DigestEntry]:
@@ -85,19 +90,16 @@ def long_problematic(now: datetime) -> list[DigestEntry]:
 
 def record_incidents(now: datetime) -> int:
     """A row for each current incident whose owner has none yet and wants emails."""
-    rows = [(mailbox, owner, incident)
-            for mailbox, owner, incident in current_incidents(began_after=now - INCIDENT_MAX_AGE)
-            if owner.is_enabled and owner.email_notifications]
-    if not rows:
+    owed = db.session.execute(_incidents(Mailbox.id, User.id, MailboxStateChange.id, began_after=now - INCIDENT_MAX_AGE)
+                              .where(User.is_enabled, User.email_notifications)).all()
+    if not owed:
         return 0
     told = set(db.session.scalars(select(Notification.state_change_id).where(
         Notification.kind == MAILBOX_PROBLEMATIC,
-        Notification.state_change_id.in_([incident.id for _m, _o, incident in rows]))))
-    created = 0
-    for mailbox, owner, incident in [row for row in rows if row[2].id not in told][:BATCH]:
-        created += _record(Notification(kind=MAILBOX_PROBLEMATIC, dedupe_key=f"{MAILBOX_PROBLEMATIC}:{incident.id}",
-                                        user_id=owner.id, mailbox_id=mailbox.id, state_change_id=incident.id))
-    return created
+        Notification.state_change_id.in_([incident_id for _m, _o, incident_id in owed]))))
+    return _record([Notification(kind=MAILBOX_PROBLEMATIC, dedupe_key=f"{MAILBOX_PROBLEMATIC}:{incident_id}",
+                                 user_id=owner_id, mailbox_id=mailbox_id, state_change_id=incident_id)
+                    for mailbox_id, owner_id, incident_id in owed if incident_id not in told][:BATCH])
 
 
 def digest_day(now: datetime) -> str | None:
@@ -119,20 +121,30 @@ def record_digests(now: datetime) -> int:
     waiting = [user for user in recipients if keys[user.id] not in done]
     if not waiting or not long_problematic(now):
         return 0
-    return sum(_record(Notification(kind=IT_DIGEST, dedupe_key=keys[user.id], user_id=user.id, day=day))
-               for user in waiting)
+    return _record([Notification(kind=IT_DIGEST, dedupe_key=keys[user.id], user_id=user.id, day=day)
+                    for user in waiting])
 
 
-def _record(notification: Notification) -> int:
-    """Written and committed on its own: a row another scheduler wrote first (the unique
-    key) is theirs to send."""
-    db.session.add(notification)
+def _record(notifications: list[Notification]) -> int:
+    """Written in one transaction; if another scheduler wrote one of them first (the unique
+    key), one by one, leaving theirs to them."""
+    if not notifications:
+        return 0
+    db.session.add_all(notifications)
     try:
         db.session.commit()
+        return len(notifications)
     except IntegrityError:
         db.session.rollback()
-        return 0
-    return 1
+    written = 0
+    for notification in notifications:
+        db.session.add(notification)
+        try:
+            db.session.commit()
+            written += 1
+        except IntegrityError:
+            db.session.rollback()
+    return written
 
 
 def queue_pending() -> int:
