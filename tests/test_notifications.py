@@ -131,6 +131,34 @@ def test_the_owner_is_emailed_once_when_a_real_sync_failure_makes_the_mailbox_pr
     assert (row.status, row.user_id, row.state_change_id, row.attempts) == ("sent", rep.id, incident.id, 1)
 
 
+def test_a_worker_process_configured_from_the_environment_sends_it(app, mail, notifying, worker_process):
+    """`python worker.py` with EIS_NOTIFY_* in its environment, as an operator runs it."""
+    rep, box = mail.rep_with_mailbox("jarmila")
+    mail.sync(box, "backfill")
+    break_by_password_change(mail, box)
+    worker = worker_process()
+    assert sweep()["queued"] == 1
+    [(_from, to, _raw)] = notifying.wait_for(1, timeout=30)
+    assert to == [rep.email], worker.log_tail()
+    db.session.expire_all()
+    assert rows()[0].status == "sent"
+
+
+def test_the_providers_words_are_text_in_the_email_never_markup(mail, notifying):
+    rep, box = mail.rep_with_mailbox("kvido")
+    hostile = 'NO <img src=x onerror="alert(1)"> <a href="https://evil.test">Reconnect here</a>'
+    state.mark_problematic(db.session.get(Mailbox, box.id), "auth_failed", hostile)
+    db.session.commit()
+    sweep()
+    mail.work()
+    [email] = received(notifying)
+    assert hostile in email.text
+    assert "<img" not in email.html and "evil.test\">" not in email.html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in email.html
+    assert re.findall(r'href="([^"]+)"', email.html) == [
+        f"{BASE_URL}/mailboxes/{box.id}/reconnect", BASE_URL, f"{BASE_URL}/settings"]
+
+
 def test_a_second_incident_after_a_reconnect_is_emailed_again(mail, notifying):
     rep, box = mail.rep_with_mailbox("bohus")
     mail.sync(box, "backfill")
