@@ -18,7 +18,7 @@ from portal.accounts.policy import allowed_domains
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
 from portal.models.mailboxes import SYNCABLE
-from portal.notify import config as notify_config
+from portal.notify import status as notify_status
 from portal.queue import QUEUES, get_queue, get_redis
 from portal.timeutil import to_utc_naive, utcnow
 from portal.web.mailbox_listing import state_counts
@@ -118,7 +118,7 @@ def configuration_notes() -> list[ConfigNote]:
             notes.append(ConfigNote(provider.env_prefix + "CLIENT_ID", f"is not set: reps cannot connect "
                                     f"{provider.title} mailboxes (set it and {provider.env_prefix}CLIENT_SECRET).",
                                     warn=False))
-    notes.append(ConfigNote("EIS_NOTIFY_SMTP_URL", notify_config.summary(), warn=not notify_config.enabled()))
+    notes.append(ConfigNote("EIS_NOTIFY_SMTP_URL", *notify_status.health_words()))
     return notes
 
 
