@@ -114,6 +114,7 @@ def test_the_owner_is_emailed_once_when_a_real_sync_failure_makes_the_mailbox_pr
     assert "[AUTHENTICATIONFAILED] Authentication failed." in email.text  # the provider's words
     assert mailbox.detail in email.text
     assert "check that the password still works by signing in to webmail" in email.text  # the fix steps
+    assert "Mailbox owner: reconnect the account: open the Reconnect link below and sign in again" in email.text
     link = email.link(r"/mailboxes/\d+/reconnect$")
     assert link == f"{BASE_URL}/mailboxes/{box.id}/reconnect"
     page = world.login(rep).get(urlsplit(link).path)  # the link, with the rep's session
@@ -422,7 +423,8 @@ def test_the_health_page_says_whether_notifications_are_on_never_with_the_passwo
 
 
 @pytest.mark.parametrize(("url", "expected"), [
-    ("smtp+starttls://u%40x.test:p%3Aw@mail.example.com:2587", ("mail.example.com", 2587, "starttls", "u@x.test", "p:w")),
+    ("smtp+starttls://u%40x.test:p%3Aw@mail.example.com:2587",
+     ("mail.example.com", 2587, "starttls", "u@x.test", "p:w")),
     ("smtp+starttls://user:pw@mail.example.com", ("mail.example.com", 587, "starttls", "user", "pw")),
     ("smtps://user:pw@mail.example.com", ("mail.example.com", 465, "ssl", "user", "pw")),
     ("smtp://relay.internal", ("relay.internal", 25, "none", None, None)),

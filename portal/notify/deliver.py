@@ -76,7 +76,8 @@ def _email_for(notification: Notification) -> tuple[Email | None, str | None]:
         return None, "The recipient turned email notifications off."
     if notification.kind == MAILBOX_PROBLEMATIC:
         mailbox = notification.mailbox
-        if mailbox is None or mailbox.state != PROBLEMATIC or incident_id_of(mailbox.id) != notification.state_change_id:
+        if mailbox is None or mailbox.state != PROBLEMATIC \
+                or incident_id_of(mailbox.id) != notification.state_change_id:
             return None, "The mailbox is no longer in this incident (reconnected or deleted)."
         if mailbox.user_id != user.id:
             return None, "The mailbox has another owner now."

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import current_app
 
-from portal.mail.errors import detail_words, fix_steps, plain_words
+from portal.mail.errors import ACCOUNTS_PAGE, detail_words, fix_steps, plain_words
 from portal.models import Mailbox, MailboxStateChange, User
 from portal.notify.config import base_url, portal_link
 
@@ -20,6 +20,9 @@ DETAIL_IN_DIGEST = 300  # characters of the provider's words per account in the 
 IT_STEP_PREFIXES = ("IT", "Operators")
 # A provider-specific IT step, shown only when the group has a mailbox of that provider.
 PROVIDER_STEPS = {"IT (Microsoft 365)": "microsoft", "IT (Google Workspace)": "google"}
+# The pages' reconnect step points at the button beside it; in the email, the link below.
+ON_THE_PAGE = f"press Reconnect, beside these steps on {ACCOUNTS_PAGE}, and"
+IN_THE_EMAIL = "open the Reconnect link below and"
 OWNER_MUST_RECONNECT = ("Nothing for IT to change: the owner must reconnect the account (Reconnect on My email "
                         "accounts, then sign in again or type the new password). Ask them to; they were emailed "
                         "when it broke unless they turned notifications off.")
@@ -84,7 +87,7 @@ def problematic_email(user: User, mailbox: Mailbox, incident: MailboxStateChange
         "words": plain_words(reason),
         "detail": incident.detail if incident.detail is not None else mailbox.detail,
         "detail_words": detail_words(incident.detail),
-        "steps": fix_steps(reason, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")),
+        "steps": [step.replace(ON_THE_PAGE, IN_THE_EMAIL) for step in _steps(reason, {mailbox.provider})],
         "reconnect_url": portal_link("mailboxes.reconnect", mailbox_id=mailbox.id),
         "settings_url": portal_link("main.account"),
         "portal_url": base_url(),
@@ -94,16 +97,19 @@ def problematic_email(user: User, mailbox: Mailbox, incident: MailboxStateChange
                  html=_render("notify/problematic.html", **values))
 
 
-def it_steps(reason: str, providers: set[str]) -> list[str]:
-    """What IT can do about a reason (the fix steps that name IT), for the providers seen."""
+def _steps(reason: str, providers: set[str]) -> list[str]:
+    """The mailbox pages' fix steps, without those for another provider than the ones seen."""
     steps = []
     for step in fix_steps(reason, support_contact=current_app.config.get("EIS_SUPPORT_CONTACT")):
-        if not step.startswith(IT_STEP_PREFIXES):
-            continue
         provider = next((p for prefix, p in PROVIDER_STEPS.items() if step.startswith(prefix)), None)
         if provider is None or provider in providers:
             steps.append(step)
-    return steps or [OWNER_MUST_RECONNECT]
+    return steps
+
+
+def it_steps(reason: str, providers: set[str]) -> list[str]:
+    """What IT can do about a reason (the fix steps that name IT), for the providers seen."""
+    return [step for step in _steps(reason, providers) if step.startswith(IT_STEP_PREFIXES)] or [OWNER_MUST_RECONNECT]
 
 
 def digest_groups(entries: list[DigestEntry]) -> list[DigestGroup]:

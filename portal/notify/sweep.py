@@ -13,7 +13,6 @@ scheduler tick: crash-safe, and nothing twice.
 """
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
@@ -29,7 +28,6 @@ from portal.notify.messages import DigestEntry, organisation_zone
 from portal.queue import enqueue_notification
 from portal.timeutil import utcnow
 
-log = logging.getLogger(__name__)
 BATCH = 200
 DIGEST_AFTER = timedelta(hours=24)
 # Incidents older than this are not emailed to their owner when first seen (notifications
