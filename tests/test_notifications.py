@@ -5,7 +5,7 @@ links open the portal's pages."""
 import re
 import smtplib
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email import policy as email_policy
 from urllib.parse import quote, urlsplit
@@ -22,7 +22,8 @@ from portal.jobs.schedule import Scheduler
 from portal.mail.errors import classify_exception, plain_words
 from portal.models import Mailbox, MailboxStateChange, Notification
 from portal.notify import config as notify_config
-from portal.notify.messages import OWNER_MUST_RECONNECT
+from portal.notify import deliver
+from portal.notify.messages import OWNER_MUST_RECONNECT, Email
 from portal.notify.sweep import digest_day, sweep
 from portal.queue import get_redis
 from portal.timeutil import utcnow
@@ -271,6 +272,30 @@ def test_nothing_is_lost_or_doubled_when_the_queue_loses_the_job_or_the_smtp_ser
     assert (row.status, row.attempts) == ("sent", 2)
 
 
+def test_a_bug_while_sending_fails_the_job_at_its_last_attempt_and_is_not_queued_forever(
+        mail, notifying, monkeypatch):
+    _rep, box = mail.rep_with_mailbox("nora")
+    state.mark_problematic(db.session.get(Mailbox, box.id), "auth_failed", "[AUTHENTICATIONFAILED]")
+    db.session.commit()
+    assert sweep()["queued"] == 1
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(deliver, "problematic_email", broken)
+    [row] = rows()
+    with pytest.raises(KeyError):
+        deliver.deliver(row.id, last_attempt=False)
+    db.session.refresh(row)
+    assert row.status == "pending"  # RQ tries again
+    with pytest.raises(KeyError):
+        deliver.deliver(row.id, last_attempt=True)
+    db.session.refresh(row)
+    assert row.status == "failed" and "KeyError" in row.detail
+    get_redis().flushdb()
+    assert sweep()["queued"] == 0 and notifying.messages == []
+
+
 def test_opting_out_on_your_settings_in_chromium_stops_the_emails(app, mail, person, live_server, notifying):
     app.config["EIS_BASE_URL"] = live_server
     rep, box = mail.rep_with_mailbox("filip")
@@ -382,8 +407,6 @@ def test_no_digest_when_nothing_has_been_problematic_for_over_24_hours(mail, wor
 
 
 def test_the_digest_waits_for_its_hour_in_the_organisations_time_zone(app, mail, world, notifying):
-    from datetime import datetime
-
     app.config.update(EIS_NOTIFY_DIGEST_HOUR=8, EIS_TIME_ZONE="Europe/Prague")
     world.user("it@crm.test", "it")
     _rep, box = mail.rep_with_mailbox("lada")
@@ -446,9 +469,6 @@ def test_a_bad_smtp_url_is_refused_in_words_without_its_password(url):
 def test_smtp_starttls_in_the_url_is_required_never_skipped(app, notifying):
     """A server that offers no STARTTLS is refused: the password is not sent in plain text."""
     app.config["EIS_NOTIFY_SMTP_URL"] = f"smtp+starttls://{SYSTEM_LOGIN}:x@127.0.0.1:{notifying.port}"
-    from portal.notify.deliver import send
-    from portal.notify.messages import Email
-
     with pytest.raises(smtplib.SMTPNotSupportedError):  # the test server offers no STARTTLS
-        send("someone@crm.test", Email(subject="s", text="t", html="<p>t</p>"))
+        deliver.send("someone@crm.test", Email(subject="s", text="t", html="<p>t</p>"))
     assert notifying.messages == []

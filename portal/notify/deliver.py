@@ -38,6 +38,21 @@ class NotifySendFailed(Exception):
 
 
 def deliver(notification_id: int, *, last_attempt: bool = True) -> dict:
+    try:
+        return _deliver(notification_id, last_attempt)
+    except NotifySendFailed:
+        raise
+    except Exception as exc:
+        if last_attempt:  # a bug: the row is finished, so the sweep does not queue it again and again
+            db.session.rollback()
+            notification = db.session.get(Notification, notification_id)
+            if notification is not None and notification.status == PENDING:
+                _finish(notification, FAILED, f"An internal error ({type(exc).__name__}); see the failed job "
+                                              f"notify-{notification_id} on Admin → Health.")
+        raise
+
+
+def _deliver(notification_id: int, last_attempt: bool) -> dict:
     notification = db.session.get(Notification, notification_id)
     if notification is None or notification.status != PENDING:
         return {"notification_id": notification_id, "status": getattr(notification, "status", "missing")}
