@@ -134,3 +134,15 @@ def job_state(job_id: str) -> str | None:
         return None
     status = job.get_status(refresh=True)
     return status.value if status in LIVE_STATUSES else None
+
+
+NOTIFY_RETRY_INTERVALS = (60, 600, 3600)  # the system SMTP account may be down a while
+
+
+def enqueue_notification(notification_id: int) -> tuple[Job, bool]:
+    """Queue the sending of one Notification (portal/notify) on `default`, by its id."""
+    return enqueue_unique(
+        "default", f"notify-{notification_id}", "portal.jobs.notify.send_notification",
+        kwargs={"notification_id": notification_id}, timeout=5 * 60,
+        retry=Retry(max=len(NOTIFY_RETRY_INTERVALS), interval=list(NOTIFY_RETRY_INTERVALS)),
+    )

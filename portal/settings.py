@@ -50,6 +50,13 @@ EIS_LIVE_POLL_SECONDS = 2.0  # how often a page asks about a sync or a sending i
 EIS_TLS_CA_FILE = None
 EIS_SUPPORT_CONTACT = None  # an address or a URL the fix steps send support to; None: "your CRM administrator"
 
+# Notifications (README "Notifications"): emails to a Problematic mailbox's owner and IT's
+# daily digest, sent through this system account, never through anyone's mailbox. Off
+# until the SMTP URL, the From address and EIS_BASE_URL (for the links) are all set.
+EIS_NOTIFY_SMTP_URL = None  # smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or smtp://host:25
+EIS_NOTIFY_FROM = None  # e.g. "CRM email <crm-noreply@example.com>"
+EIS_NOTIFY_DIGEST_HOUR = 8  # IT's daily digest goes out from this hour (EIS_TIME_ZONE) on
+
 # Microsoft 365 / Outlook and Google over OAuth (portal/accounts/oauth). A provider without a
 # client id is shown as "not configured". The metadata URL is the OpenID discovery document:
 # overriding it points the whole flow at another authorization server. Microsoft's default

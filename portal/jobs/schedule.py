@@ -24,6 +24,7 @@ from portal import run_history, runtime_settings
 from portal.accounts import state
 from portal.extensions import db
 from portal.models import Mailbox, SyncRun
+from portal.notify.sweep import sweep as sweep_notifications
 from portal.queue import enqueue_sync, enqueue_sync_batch, get_redis
 from portal.scheduling import queued_lease
 from portal.sync import lock_key, release_lock_of_run
@@ -66,6 +67,7 @@ class Scheduler:
             recovered = recover_stale_runs(self.app.config["EIS_RUN_STALE_SECONDS"])
             recovered += fail_orphaned_jobs()
             enqueued = enqueue_due()
+            sweep_notifications()  # emails owed for Problematic mailboxes (portal/notify), from the data
             # Small batches, one a tick: a backlog of old runs drains over minutes, never
             # locking the table for long.
             pruned = run_history.prune(self.app.config["EIS_RUN_RETENTION_DAYS"])

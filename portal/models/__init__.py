@@ -9,12 +9,13 @@ from portal.models.crm import (
 )
 from portal.models.mailboxes import FolderCheckpoint, Mailbox, MailboxStateChange
 from portal.models.messages import Activity, Email, EmailSource, OutgoingEmail
+from portal.models.notifications import Notification
 from portal.models.runs import SyncQuietDay, SyncRun
 from portal.models.users import ApiToken, User, UserSession
 
 __all__ = [
     "Activity", "ApiToken", "AuditEvent", "Customer", "CustomerContactEmail",
     "CustomerPrimaryEmail", "Deal", "DealCustomer", "Email", "EmailSource",
-    "FolderCheckpoint", "Mailbox", "MailboxStateChange", "OutgoingEmail", "Setting",
+    "FolderCheckpoint", "Mailbox", "MailboxStateChange", "Notification", "OutgoingEmail", "Setting",
     "SyncQuietDay", "SyncRun", "User", "UserSession",
 ]

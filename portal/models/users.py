@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from flask import current_app, has_app_context
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, String, update
+from sqlalchemy import ForeignKey, String, true, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -29,6 +29,8 @@ class User(UserMixin, db.Model):
     # Part of every session and remember-me cookie (get_id): raising it ends them all.
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
     time_zone: Mapped[str | None] = mapped_column(String(64))  # None: the organisation's (EIS_TIME_ZONE)
+    # Emails from the service (a mailbox turned Problematic; IT's daily digest): on unless turned off.
+    email_notifications: Mapped[bool] = mapped_column(default=True, server_default=true())
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

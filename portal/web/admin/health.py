@@ -18,6 +18,7 @@ from portal.accounts.policy import allowed_domains
 from portal.extensions import db
 from portal.fleet_health import Fleet, gather_fleet
 from portal.models import Mailbox, SyncQuietDay, SyncRun
+from portal.notify import status as notify_status
 from portal.queue import QUEUES, get_queue, get_redis
 from portal.timeutil import to_utc_naive
 
@@ -85,6 +86,7 @@ def configuration_notes() -> list[ConfigNote]:
             notes.append(ConfigNote(provider.env_prefix + "CLIENT_ID", f"is not set: reps cannot connect "
                                     f"{provider.title} mailboxes (set it and {provider.env_prefix}CLIENT_SECRET).",
                                     warn=False))
+    notes.append(ConfigNote("EIS_NOTIFY_SMTP_URL", *notify_status.health_words()))
     return notes
 
 
