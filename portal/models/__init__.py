@@ -11,10 +11,12 @@ from portal.models.mailboxes import FolderCheckpoint, Mailbox, MailboxStateChang
 from portal.models.messages import Activity, Email, EmailSource, OutgoingEmail
 from portal.models.runs import SyncRun
 from portal.models.users import ApiToken, User, UserSession
+from portal.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Activity", "ApiToken", "AuditEvent", "Customer", "CustomerContactEmail",
     "CustomerPrimaryEmail", "Deal", "DealCustomer", "Email", "EmailSource",
     "FolderCheckpoint", "Mailbox", "MailboxStateChange", "OutgoingEmail", "Setting",
-    "SyncRun", "User", "UserSession",
+    "SyncRun", "User", "UserSession", "WebhookAttempt", "WebhookDelivery", "WebhookEndpoint",
+    "WebhookEvent",
 ]
