@@ -123,3 +123,20 @@ def job_state(job_id: str) -> str | None:
         return None
     status = job.get_status(refresh=True)
     return status.value if status in LIVE_STATUSES else None
+
+
+WEBHOOK_TIMEOUT = 10 * 60
+
+
+def webhook_job_id(endpoint_id: int, continuation: bool = False) -> str:
+    return f"deliver-webhooks-{endpoint_id}" + ("-next" if continuation else "")
+
+
+def enqueue_webhook_delivery(endpoint_id: int, continuation: bool = False) -> tuple[Job, bool]:
+    """Queue the delivery job of one webhook endpoint (on `default`: never before a sync or a
+    send). A job that used its turn with events left queues its continuation under the other
+    id (its own is still live); a lock in the job keeps one delivering per endpoint."""
+    return enqueue_unique(
+        "default", webhook_job_id(endpoint_id, continuation), "portal.jobs.webhooks.deliver_webhooks",
+        kwargs={"endpoint_id": endpoint_id}, timeout=WEBHOOK_TIMEOUT,
+    )

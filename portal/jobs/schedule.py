@@ -18,6 +18,7 @@ from sqlalchemy import or_, select
 
 from portal.accounts import state
 from portal.extensions import db
+from portal.jobs.webhooks import sweep_due_webhooks
 from portal.models import Mailbox, SyncRun
 from portal.queue import enqueue_sync, get_redis
 from portal.sync import release_lock_of_run
@@ -56,6 +57,7 @@ class Scheduler:
                 return {"leader": False, "enqueued": 0, "recovered": 0}
             recovered = recover_stale_runs(self.app.config["EIS_RUN_STALE_SECONDS"])
             enqueued = enqueue_due()
+            sweep_due_webhooks()  # webhook deliveries whose job was lost (a killed worker, Redis)
             return {"leader": True, "enqueued": enqueued, "recovered": recovered}
 
     def run_forever(self, stop: threading.Event) -> None:
