@@ -21,7 +21,7 @@ from collections import Counter
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import distinct, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import joinedload
 
 from portal import crypto
@@ -193,7 +193,7 @@ def _due(endpoint_id: int, held: set[int], retried: set[int], limit: int = BATCH
 def _held_mailboxes(endpoint_id: int) -> set[int]:
     """Mailboxes with an event waiting for its retry: their later events wait behind it."""
     return set(db.session.scalars(
-        select(distinct(WebhookEvent.mailbox_id)).join(WebhookDelivery, WebhookDelivery.event_seq == WebhookEvent.seq)
+        select(WebhookEvent.mailbox_id).distinct().join(WebhookDelivery, WebhookDelivery.event_seq == WebhookEvent.seq)
         .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.state == PENDING,
                WebhookDelivery.next_attempt_at > utcnow(), WebhookEvent.mailbox_id.is_not(None))).all())
 
@@ -201,8 +201,8 @@ def _held_mailboxes(endpoint_id: int) -> set[int]:
 def due_endpoint_ids() -> list[int]:
     """Endpoints with a delivery due now (the scheduler's tick queues their jobs)."""
     return list(db.session.scalars(
-        select(distinct(WebhookDelivery.endpoint_id)).where(WebhookDelivery.state == PENDING,
-                                                            WebhookDelivery.next_attempt_at <= utcnow())).all())
+        select(WebhookDelivery.endpoint_id).distinct().where(WebhookDelivery.state == PENDING,
+                                                             WebhookDelivery.next_attempt_at <= utcnow())).all())
 
 
 def is_locked(endpoint_id: int) -> bool:

@@ -88,7 +88,7 @@ def _targets(session: Session) -> list[tuple[int, tuple[str, ...]]]:
     if from_environment and not any(r.source == ENVIRONMENT for r in rows):
         # The environment's endpoint gets its row on first use (the tick makes it too).
         endpoint = environment_endpoint()
-        session.flush([endpoint])
+        session.flush()
         targets.append((endpoint.id, tuple(EVENT_TYPES)))
     session.info[_TARGETS] = targets
     return targets

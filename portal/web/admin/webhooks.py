@@ -32,7 +32,7 @@ class EndpointForm(FlaskForm):
                       description="Where the events are POSTed. https:// is required, except for hosts "
                                   "the deployment allows with EIS_MAIL_HOSTS_ALLOW.")
     description = StringField("Description", validators=[Length(max=200)], description="For you: what receives it.")
-    event_types = SelectMultipleField("Events", choices=[(t, TYPE_WORDS[t]) for t in EVENT_TYPES],
+    event_types = SelectMultipleField("Events", choices=list(EVENT_TYPES),
                                       validate_choice=False)
     enabled = BooleanField("Enabled: send events to this endpoint")
 
@@ -68,7 +68,7 @@ def new_webhook():
         # The secret is shown on this answer only: not kept in the session, not cached.
         response = render_template("admin/webhook_secret.html", endpoint=endpoint, secret=secret, added=True)
         return response, 201, {"Cache-Control": "no-store"}
-    return render_template("admin/webhook_form.html", form=form, endpoint=None), \
+    return render_template("admin/webhook_form.html", form=form, endpoint=None, type_words=TYPE_WORDS), \
         400 if request.method == "POST" else 200
 
 
@@ -87,7 +87,7 @@ def edit_webhook(endpoint_id: int):
         db.session.commit()
         flash("Webhook endpoint saved.", "success")
         return redirect(url_for(".webhook", endpoint_id=endpoint.id))
-    return render_template("admin/webhook_form.html", form=form, endpoint=endpoint), \
+    return render_template("admin/webhook_form.html", form=form, endpoint=endpoint, type_words=TYPE_WORDS), \
         400 if request.method == "POST" else 200
 
 
