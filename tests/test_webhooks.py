@@ -4,6 +4,7 @@ after a 500, the final refusal after a 400, order per mailbox, the outbox (nothi
 without an endpoint, nothing lost when the worker is killed between the change and the
 delivery), the host policy, and the events of a real sync (Dovecot) and a real send (SMTP)."""
 import re
+import subprocess
 import time
 
 import pytest
@@ -255,6 +256,31 @@ def test_https_is_required_and_internal_hosts_refused_unless_the_deployment_allo
     [delivery] = deliveries()
     assert delivery.state == "failed" and "private or internal" in delivery.last_error
     assert receiver.arrived == 0
+
+
+def test_https_receivers_are_verified_against_the_trusted_certificates(app, world, boss, fast, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=crm.test", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    receiver = Receiver(tls=(str(cert), str(key))).start()
+    try:
+        endpoint, receiver.secret = endpoints.add(receiver.url, EVENT_TYPES, "", boss)
+        db.session.commit()
+        state.mark_problematic(a_mailbox(world), "auth_failed", WORDS)
+        db.session.commit()
+        work()  # the receiver's certificate is not trusted: no answer, retried later
+        [delivery] = deliveries()
+        assert delivery.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in delivery.last_error
+        assert receiver.requests == []
+
+        app.config["EIS_TLS_CA_FILE"] = str(cert)  # the deployment trusts its private CA
+        time.sleep(1.1)
+        tick_and_work()
+        assert deliveries()[0].state == "delivered"
+        assert receiver.requests[0].signature_ok and receiver.url.startswith("https://")
+    finally:
+        receiver.stop()
 
 
 # -- the admin's pages and the API --------------------------------------------------------------

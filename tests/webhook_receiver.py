@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class Receiver:
     processed: dict[str, dict] = field(default_factory=dict)  # event id -> the event, once
     order: list[str] = field(default_factory=list)  # event ids in the order first processed
     arrived: int = 0  # requests begun (a delayed one counts before it is answered)
+    tls: tuple[str, str] | None = None  # (certificate, key): serve HTTPS
 
     def start(self) -> "Receiver":
         receiver = self
@@ -47,6 +49,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.lock = threading.Lock()
@@ -54,7 +60,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/hooks/eis"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_port}/hooks/eis"
 
     def stop(self) -> None:
         self.server.shutdown()
