@@ -17,7 +17,7 @@ from portal.accounts import state
 from portal.extensions import db
 from portal.jobs.schedule import Scheduler
 from portal.jobs.webhooks import sweep_due_webhooks
-from portal.models import Mailbox
+from portal.models import AuditEvent, Mailbox
 from portal.models.webhooks import EVENT_TYPES, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from portal.queue import QUEUES, get_queue, get_redis
 from portal.webhooks import endpoints
@@ -300,6 +300,39 @@ def test_the_secret_is_shown_once_and_never_again(world, boss, fast, receiver):
     assert "secret" not in str(api.json["endpoints"][0].keys())
     # Without the CSRF token nothing happens.
     assert client.post(f"/admin/webhooks/{endpoint.id}/secret").status_code == 400
+
+
+def test_an_admin_edits_disables_and_removes_an_endpoint(world, boss, hook, receiver):
+    client = world.login(boss)
+    page = f"/admin/webhooks/{hook.id}"
+    token = csrf_from(client.get(page).get_data(as_text=True))
+    r = client.post(f"{page}/edit", data={"url": receiver.url + "?v=2", "event_types": ["outgoing.failed"],
+                                          "description": "CRM v2", "enabled": "y", "csrf_token": token})
+    assert r.status_code == 302
+    db.session.refresh(hook)
+    assert (hook.url, hook.event_types, hook.description) == (receiver.url + "?v=2", ["outgoing.failed"], "CRM v2")
+    r = client.post(f"{page}/edit", data={"url": receiver.url, "event_types": [], "csrf_token": token})
+    assert r.status_code == 400 and "Choose at least one event type" in r.get_data(as_text=True)
+
+    r = client.post(f"{page}/enabled", data={"enabled": "no", "csrf_token": token})
+    assert r.status_code == 302 and not db.session.get(WebhookEndpoint, hook.id).enabled
+    endpoints.set_enabled(hook, True, boss)
+    hook.event_types = list(EVENT_TYPES)
+    db.session.commit()
+    receiver.answers = [503]
+    state.mark_problematic(a_mailbox(world), "auth_failed", WORDS)
+    db.session.commit()
+    work()
+    assert "1 waiting event is dropped" in client.get(f"{page}/delete").get_data(as_text=True)
+    r = client.post(f"{page}/delete", data={"csrf_token": token})
+    assert r.status_code == 302
+    assert db.session.scalar(select(func.count(WebhookEndpoint.id))) == 0
+    assert db.session.scalar(select(func.count(WebhookDelivery.id))) == 0
+    assert db.session.scalar(select(func.count(WebhookEvent.seq))) == 0  # no endpoint has them any more
+    audit = [a for (a,) in db.session.execute(select(AuditEvent.action).order_by(AuditEvent.id))]
+    assert [a for a in audit if a.startswith("webhook")] == [
+        "webhook_endpoint_added", "webhook_endpoint_changed", "webhook_endpoint_disabled", "webhook_endpoint_enabled",
+        "webhook_endpoint_removed"]
 
 
 def test_the_api_lists_endpoints_with_their_recent_deliveries(world, boss, hook, receiver):
