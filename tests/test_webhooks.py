@@ -190,6 +190,16 @@ def test_redeliver_sends_the_same_id_and_the_receiver_drops_the_duplicate(world,
     assert [a.redelivery for a in deliveries()[0].attempt_log] == [False, True]
 
 
+def test_an_unreadable_secret_sends_nothing_unsigned_and_is_retried(world, hook, receiver):
+    hook.secret_encrypted = "not a Fernet token"  # e.g. EIS_ENCRYPTION_KEYS lost the key it was made with
+    state.mark_problematic(a_mailbox(world), "auth_failed", WORDS)
+    db.session.commit()
+    work()
+    [delivery] = deliveries()
+    assert delivery.state == "pending" and "secret cannot be read" in delivery.last_error
+    assert receiver.arrived == 0
+
+
 def test_without_an_enabled_endpoint_no_event_is_written(app, world, boss, receiver):
     box = a_mailbox(world)
     state.mark_problematic(box, "auth_failed", WORDS)
@@ -424,6 +434,8 @@ def smtp_server():
 def test_a_real_send_sends_activity_logged_then_outgoing_sent_or_failed_with_the_reason(mail, world, hook, receiver,
                                                                                        smtp_server, app):
     app.config["EIS_SEND_RETRY_INTERVALS"] = [1]
+    smtp_server.clear()  # the server lives for the module: another backend's run sent through it too
+    smtp_server.users.clear()
     world.customer("C-NOVAK", "jiri.novak@client.test", name="Jiří Novák")
     rep, box = mail.rep_with_mailbox("petra")
     box.smtp_host, box.smtp_port, box.smtp_security = "127.0.0.1", smtp_server.port, "none"

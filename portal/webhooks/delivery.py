@@ -40,7 +40,7 @@ from portal.models.webhooks import (
 from portal.queue import get_redis
 from portal.timeutil import isoformat, utcnow
 from portal.webhooks import outbox
-from portal.webhooks.http import post
+from portal.webhooks.http import Answer, post
 from portal.webhooks.signing import HEADER, header_value
 
 RETRY_STATUSES = frozenset({408, 429})
@@ -105,8 +105,13 @@ def attempt(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> str:
     the session (the caller commits). Returns delivered, retry or failed."""
     event = delivery.event
     body = body_of(event)
-    headers = {HEADER: header_value(secret_of(endpoint), body), "EIS-Event-Id": event.id, "EIS-Event-Type": event.type}
-    answer = post(url_of(endpoint), body, headers)
+    try:
+        secret = secret_of(endpoint)
+    except crypto.SecretError as exc:  # EIS_ENCRYPTION_KEYS lost its key: not sent unsigned; retried
+        answer = Answer(status=None, excerpt=None, error=f"the endpoint's secret cannot be read: {exc}", duration_ms=0)
+    else:
+        headers = {HEADER: header_value(secret, body), "EIS-Event-Id": event.id, "EIS-Event-Type": event.type}
+        answer = post(url_of(endpoint), body, headers)
     now = utcnow()
     outcome = outcome_of(answer.status, answer.refused)
     delivery.attempts += 1
