@@ -7,3 +7,6 @@
 # EIS_SYNC_INTERVAL_MIN_MINUTES = 10
 # EIS_SYNC_INTERVAL_MAX_MINUTES = 30
 # EIS_PROBLEMATIC_AFTER_FAILURES = 5
+# EIS_WEBHOOK_URL = "https://crm.example.com/hooks/eis"   # one webhook endpoint, all events (README "Webhooks")
+# EIS_WEBHOOK_SECRET = "a long random value"              # the receiver checks EIS-Signature with it
+# EIS_WEBHOOK_RATE_PER_SECOND = 10                         # requests to one endpoint at most

@@ -45,6 +45,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The app's parts are imported here, not at the top: `import portal.mail.rules` (or any
     # portal module) runs this file first, and must not pull in the whole web layer.
     from portal import cli, extensions, models, queue, web
+    from portal.webhooks import outbox
     from portal.extensions import csrf, db, htmx, limiter, login_manager, migrate
 
     db.init_app(app)
@@ -55,6 +56,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     _rate_limit_storage(app)
     limiter.init_app(app)
     queue.init_app(app)
+    outbox.init_app(app)  # events written with the changes; their jobs queued after the commit
     web.init_app(app)
     cli.init_app(app)
     del extensions, models  # imported for their side effect: the models are registered

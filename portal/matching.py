@@ -17,6 +17,7 @@ from portal.extensions import db
 from portal.mail import parse, rawstore, rules
 from portal.mail.imap import Folder, HeaderRecord
 from portal.models import Activity, CustomerPrimaryEmail, DealCustomer, Email, Mailbox
+from portal.webhooks.activities import activities_logged
 
 
 def internal_addresses() -> frozenset[str]:
@@ -124,4 +125,5 @@ def log_on_customers(email: Email, matches: tuple[rules.Match, ...] | list[rules
         ))
         have.add(match.customer_id)
         added += 1
+    activities_logged(email.activities[len(email.activities) - added:], mailbox_id)  # the CRM's webhooks
     return added

@@ -146,3 +146,20 @@ def enqueue_notification(notification_id: int) -> tuple[Job, bool]:
         kwargs={"notification_id": notification_id}, timeout=5 * 60,
         retry=Retry(max=len(NOTIFY_RETRY_INTERVALS), interval=list(NOTIFY_RETRY_INTERVALS)),
     )
+
+
+WEBHOOK_TIMEOUT = 10 * 60
+
+
+def webhook_job_id(endpoint_id: int, continuation: bool = False) -> str:
+    return f"deliver-webhooks-{endpoint_id}" + ("-next" if continuation else "")
+
+
+def enqueue_webhook_delivery(endpoint_id: int, continuation: bool = False) -> tuple[Job, bool]:
+    """Queue the delivery job of one webhook endpoint (on `default`: never before a sync or a
+    send). A job that used its turn with events left queues its continuation under the other
+    id (its own is still live); a lock in the job keeps one delivering per endpoint."""
+    return enqueue_unique(
+        "default", webhook_job_id(endpoint_id, continuation), "portal.jobs.webhooks.deliver_webhooks",
+        kwargs={"endpoint_id": endpoint_id}, timeout=WEBHOOK_TIMEOUT,
+    )

@@ -33,6 +33,16 @@ EIS_SEND_MAX_BODY_BYTES = 1024 * 1024  # the text of an email sent from the CRM
 # None: /metrics is closed (404). /healthz and /readyz need no token.
 EIS_METRICS_TOKEN = None
 
+# Webhooks to the CRM (README "Webhooks"). Endpoints are managed by admins; one more may come
+# from the environment: EIS_WEBHOOK_URL with its signing secret EIS_WEBHOOK_SECRET, all events.
+EIS_WEBHOOK_URL = None
+EIS_WEBHOOK_SECRET = None
+EIS_WEBHOOK_RATE_PER_SECOND = 10.0  # requests to one endpoint at most, a back-fill included
+EIS_WEBHOOK_TIMEOUT_SECONDS = 10  # connect and answer, per request
+EIS_WEBHOOK_RETRY_FIRST_SECONDS = 30  # the first retry's wait; doubled each time, at most an hour
+EIS_WEBHOOK_RETRY_HOURS = 24  # an event not delivered within this long after it was written fails
+EIS_WEBHOOK_JOB_SECONDS = 20  # one delivery job's turn on the worker; the next tick goes on
+
 # Sync defaults; admins may override them at run time (Setting rows).
 EIS_BACKFILL_DAYS = 30
 # Floats: the environment may give fractions of a minute (tests sync every few seconds).

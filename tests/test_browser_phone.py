@@ -59,6 +59,7 @@ class Demo:
     customer_id: str
     email_id: int
     outgoing_id: int
+    webhook_id: int = 0  # an endpoint with a long URL and a delivery log
 
 
 @pytest.fixture
@@ -127,11 +128,36 @@ def demo(app, mail, world) -> Demo:
     for local in ("bohumil.kriz", "svatopluk.navratil-dvoracek", "drahomira.vesela"):
         world.user(f"{local}@crm.test", "rep", name=local.replace(".", " ").title())
     email_id = db.session.query(Email).filter(Email.subject == LONG_SUBJECT).one().id
+    webhook_id = webhook_with_a_log(world, box.id)
     return Demo(rep=rep, support=world.user("samuel.podpora-hlavni@crm.test", "support", name="Samuel Podpora"),
                 it=world.user("ivan.spravce-site@crm.test", "it", name="Ivan Správce"),
                 admin=world.user("adela.administratorka@crm.test", "admin", name="Adéla Administrátorka"),
                 box=box, broken=db.session.get(Mailbox, broken.id), customer_id=CUSTOMER[0],
-                email_id=email_id, outgoing_id=outgoing.id)
+                email_id=email_id, outgoing_id=outgoing.id, webhook_id=webhook_id)
+
+
+def webhook_with_a_log(world, mailbox_id: int) -> int:
+    """The CRM's endpoint (a long URL) and a refused event with its attempts, as rows: the
+    host does not resolve here, so the product would not save it."""
+    from portal.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+
+    endpoint = WebhookEndpoint(url="https://crm.realitni-kancelar-contoso.test/api/integrace/webhooks/"
+                                   "email-integration-service?pobocka=praha-6-dejvice&verze=2",
+                               event_types=["activity.logged", "mailbox.state_changed"], enabled=True,
+                               description="CRM realitní kanceláře – pobočka Praha 6 Dejvice")
+    event = WebhookEvent(id="evt_" + "7" * 32, type="mailbox.state_changed", mailbox_id=mailbox_id,
+                         data={"mailbox_id": mailbox_id})
+    delivery = WebhookDelivery(event=event, endpoint=endpoint, state="failed", attempts=2)
+    db.session.add_all([endpoint, event, delivery])
+    db.session.flush()
+    db.session.add_all([
+        WebhookAttempt(delivery_id=delivery.id, status_code=503, outcome="retry", duration_ms=40,
+                       response_excerpt="<html><body>Služba je dočasně nedostupná – probíhá údržba " * 6),
+        WebhookAttempt(delivery_id=delivery.id, status_code=None, outcome="failed", duration_ms=10000,
+                       error="timed out after 10 s; ConnectionResetError: [Errno 104] Connection reset by peer"),
+    ])
+    db.session.commit()
+    return endpoint.id
 
 
 def pages_of(role: str, d: Demo, app=None) -> list[str]:
@@ -155,7 +181,11 @@ def pages_of(role: str, d: Demo, app=None) -> list[str]:
     admin = [("admin.users", "/admin/users"), ("admin.new_user", "/admin/users/new"),
              ("admin.edit_user", f"/admin/users/{rep}"), ("admin.disable", f"/admin/users/{rep}/disable"),
              ("admin.mailboxes", "/admin/mailboxes"), ("admin.resync_confirm", "/admin/resync?scope=problematic"),
-             ("admin.settings", "/admin/settings"), ("admin.health", "/admin/health")]
+             ("admin.settings", "/admin/settings"), ("admin.health", "/admin/health"),
+             ("admin.webhooks", "/admin/webhooks"), ("admin.new_webhook", "/admin/webhooks/new"),
+             ("admin.webhook", f"/admin/webhooks/{d.webhook_id}"),
+             ("admin.edit_webhook", f"/admin/webhooks/{d.webhook_id}/edit"),
+             ("admin.delete_webhook", f"/admin/webhooks/{d.webhook_id}/delete")]
     pages = everyone + {"rep": own, "support": support + why, "it": it + support,
                         "admin": admin + it + support + why}[role]
     return [path for endpoint, path in pages if app is None or endpoint in app.view_functions]

@@ -1,7 +1,7 @@
 """notifications (emails owed to people) and users.email_notifications (their opt-out)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-07 23:00:00
 
 Issue 14, item 2: a mailbox's owner is emailed once per incident when it turns Problematic,
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

@@ -28,6 +28,7 @@ from portal.models.mailboxes import PROBLEMATIC as PROBLEMATIC
 from portal.models.mailboxes import SYNCABLE as SYNCABLE
 from portal.scheduling import backoff_delay
 from portal.timeutil import utcnow
+from portal.webhooks import events
 
 CONNECTED = (PENDING, ACTIVE, PROBLEMATIC)  # the states whose credentials are kept
 APP_CREDENTIALS_INVALID = "app_credentials_invalid"
@@ -121,6 +122,7 @@ def _change(mailbox: Mailbox, state: str, *, reason: str | None = None, detail: 
             actor: User | None = None, first: bool = False) -> None:
     """Set the state; every change (and the first state) is kept in the state history."""
     if first or (mailbox.state, mailbox.reason) != (state, reason):
+        events.mailbox_state_changed(mailbox, state, reason, detail, first=first)  # the CRM's webhooks
         db.session.add(MailboxStateChange(mailbox_id=mailbox.id, from_state=None if first else mailbox.state,
                                           to_state=state, reason=reason, detail=detail,
                                           actor_id=getattr(actor, "id", None)))

@@ -23,6 +23,7 @@ from sqlalchemy import or_, select, update
 from portal import run_history, runtime_settings
 from portal.accounts import state
 from portal.extensions import db
+from portal.jobs.webhooks import sweep_due_webhooks
 from portal.models import Mailbox, SyncRun
 from portal.notify.sweep import sweep as sweep_notifications
 from portal.queue import enqueue_sync, enqueue_sync_batch, get_redis
@@ -68,6 +69,7 @@ class Scheduler:
             recovered += fail_orphaned_jobs()
             enqueued = enqueue_due()
             sweep_notifications()  # emails owed for Problematic mailboxes (portal/notify), from the data
+            sweep_due_webhooks()  # webhook deliveries whose job was lost (a killed worker, Redis)
             # Small batches, one a tick: a backlog of old runs drains over minutes, never
             # locking the table for long.
             pruned = run_history.prune(self.app.config["EIS_RUN_RETENTION_DAYS"])

@@ -18,6 +18,7 @@ from sqlalchemy.orm import configure_mappers
 import portal.jobs.schedule  # noqa: F401
 import portal.jobs.send  # noqa: F401
 import portal.jobs.sync  # noqa: F401
+import portal.jobs.webhooks  # noqa: F401
 from portal.queue import QUEUES
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,12 @@ from portal.models.messages import Activity, Email, EmailSource, OutgoingEmail
 from portal.models.notifications import Notification
 from portal.models.runs import SyncQuietDay, SyncRun
 from portal.models.users import ApiToken, User, UserSession
+from portal.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Activity", "ApiToken", "AuditEvent", "Customer", "CustomerContactEmail",
     "CustomerPrimaryEmail", "Deal", "DealCustomer", "Email", "EmailSource",
     "FolderCheckpoint", "Mailbox", "MailboxStateChange", "Notification", "OutgoingEmail", "Setting",
-    "SyncQuietDay", "SyncRun", "User", "UserSession",
+    "SyncQuietDay", "SyncRun", "User", "UserSession", "WebhookAttempt", "WebhookDelivery", "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -21,6 +21,7 @@ from portal.mail.errors import (
 from portal.models import Email, Mailbox, OutgoingEmail
 from portal.sending.sent_copy import save_sent_copy_recorded
 from portal.timeutil import utcnow
+from portal.webhooks import events
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def _finish(outgoing: OutgoingEmail, outcome: str, reason: str | None, detail: s
     outgoing.state, outgoing.reason, outgoing.detail = outcome, reason, (detail or None) and detail[:2000]
     if outcome == "sent":
         outgoing.sent_at = utcnow()
+    events.outgoing_finished(outgoing, reason_words(reason))  # the CRM's webhooks, in this commit
     db.session.commit()
 
 

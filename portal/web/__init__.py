@@ -12,10 +12,12 @@ from portal.web import errors, filters, guards, headers
 from portal.web.admin import addresses as admin_addresses
 from portal.web.admin import users as admin_users
 from portal.web.admin import views as admin
+from portal.web.admin import webhooks as admin_webhooks
 from portal.web.api import crm as api_crm
 from portal.web.api import mailboxes as api_mailboxes
 from portal.web.api import openapi as api_openapi
 from portal.web.api import send as api_send
+from portal.web.api import webhooks as api_webhooks
 from portal.web.api.blueprint import bp as api_bp
 from portal.web.auth import sessions
 from portal.web.auth import views as auth
@@ -32,7 +34,8 @@ from portal.web.support import views as support
 
 AREAS = (auth, main, mailboxes, customers, support, it, admin, oauth, send, ops)
 # Modules whose routes join a blueprint defined elsewhere: imported for those routes.
-MORE_ROUTES = (admin_addresses, admin_users, api_crm, api_mailboxes, api_openapi, api_send)
+MORE_ROUTES = (admin_addresses, admin_users, admin_webhooks, api_crm, api_mailboxes, api_openapi, api_send,
+               api_webhooks)
 
 
 def init_app(app: Flask) -> None:

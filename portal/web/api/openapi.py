@@ -3,6 +3,7 @@
 tests/test_api.py checks that every /api/v1 route is documented and nothing else is.
 """
 from portal.models.mailboxes import STATES
+from portal.web.api import openapi_webhooks
 from portal.web.api.blueprint import bp
 
 
@@ -382,8 +383,10 @@ def document() -> dict:
                                 "a NUL character anywhere, or JSON nested deeper than 64, is 400."},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
-        "paths": PATHS,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": {**SCHEMAS, **openapi_webhooks.SCHEMAS}},
+        "paths": {**PATHS, **openapi_webhooks.PATHS},
+        "webhooks": openapi_webhooks.WEBHOOKS,  # what this service POSTs to the CRM
     }
 
 
