@@ -117,6 +117,12 @@ def _connect_smtp(mailbox: Mailbox) -> SmtpSession:
         raise
 
 
+def open_system_smtp(host: str, port: int, security: str, *, timeout: float) -> SmtpSession:
+    """The system account's SMTP server (EIS_NOTIFY_SMTP_URL: notification emails). The
+    operator's own server, like DATABASE_URL, not a user's host: no host policy here."""
+    return SmtpSession(host, port, security, timeout=timeout, ca_file=current_app.config.get("EIS_TLS_CA_FILE"))
+
+
 def _log_refused(exc: HostRefused, protocol: str) -> None:
     log.warning("refused to connect to the %s server %s:%s: it resolves to %s, an internal address "
                 "(EIS_MAIL_HOSTS_ALLOW allows in-house servers)", protocol, exc.host, exc.port, exc.address)

@@ -18,9 +18,10 @@ from email.utils import format_datetime, make_msgid
 
 from flask import current_app
 
+from portal.accounts.sessions import open_system_smtp
 from portal.extensions import db
 from portal.mail import headers
-from portal.mail.smtp import SmtpSession, needs_smtputf8, wire_address
+from portal.mail.smtp import needs_smtputf8, wire_address
 from portal.models import MailboxStateChange, Notification
 from portal.models.mailboxes import PROBLEMATIC
 from portal.models.notifications import FAILED, IT_DIGEST, MAILBOX_PROBLEMATIC, PENDING, SENT, SKIPPED
@@ -124,9 +125,7 @@ def send(to: str, email: Email) -> None:
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to the system account
     msg.set_content(email.text, cte="quoted-printable")
     msg.add_alternative(email.html, subtype="html", cte="quoted-printable")
-    # The operator's own server, like DATABASE_URL: not a user's host, so no host policy here.
-    with SmtpSession(account.host, account.port, account.security, timeout=SMTP_TIMEOUT_SECONDS,
-                     ca_file=current_app.config.get("EIS_TLS_CA_FILE")) as session:
+    with open_system_smtp(account.host, account.port, account.security, timeout=SMTP_TIMEOUT_SECONDS) as session:
         if account.login:
             session.login_password(account.login, account.password or "")
         refused = session.send(address, [to], msg.as_bytes())
