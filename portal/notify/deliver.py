@@ -16,7 +16,6 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-
 from portal.accounts.sessions import open_system_smtp
 from portal.extensions import db
 from portal.mail import headers
