@@ -599,7 +599,7 @@ def keep_note(started: dict, tmp: Path) -> None:
         with contextlib.suppress(Exception):
             w.stop()
     dovecot, redis_server, pg = started.get("dovecot"), started.get("redis"), started.get("pg")
-    note(f"--keep: temp folder {tmp}")
+    note(f"--keep: temp folder {tmp} (when done: kill the two pids below, drop the database, remove it)")
     if dovecot:
         note(f"  dovecot pid {dovecot.pid}, IMAP 127.0.0.1:{dovecot.imap_port}, config {dovecot.conf_path}, "
              f"users {address_of(1)}.. password {PASSWORD}")
