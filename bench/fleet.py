@@ -466,18 +466,14 @@ def as_worker(argv: list[str]) -> int:
     timers = Timers()
     timers.install()
     fork_at = [0.0]
+    worker_pid = os.getpid()  # a job performed in this process (no fork) has no horse start
     from rq.worker import Worker
 
     original_fork = Worker.fork_work_horse
     original_perform = rq_base.BaseWorker.perform_job
-    parent_totals = {}
 
     def fork_work_horse(self, job, queue):
-        # The parent's timers so far are the parent's; the child starts with its own.
-        fork_at[0] = time.perf_counter()
-        snapshot = {k: v[:2] for k, v in timers.totals.items()}
-        parent_totals.clear()
-        parent_totals.update(snapshot)
+        fork_at[0] = time.perf_counter()  # the child reads it: how long its start took
         return original_fork(self, job, queue)
 
     def perform_job(self, job, queue, execution):
@@ -491,7 +487,8 @@ def as_worker(argv: list[str]) -> int:
             end = time.perf_counter()
             horse = {k: v[:2] for k, v in timers.totals.items() if not k.startswith("parent")}
             with open(out, "a") as f:
-                f.write(json.dumps({"kind": "horse", "fork_to_perform": start - fork_at[0],
+                forked = os.getpid() != worker_pid
+                f.write(json.dumps({"kind": "horse", "fork_to_perform": start - fork_at[0] if forked else 0.0,
                                     "perform": end - start, "end": end, "totals": horse}) + "\n")
 
     Worker.fork_work_horse = fork_work_horse
