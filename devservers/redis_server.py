@@ -1,4 +1,5 @@
-"""redis-server for tests and the benchmark, on a free loopback port with no persistence.
+"""redis-server for tests and the benchmark, on a free loopback port, with no persistence
+unless asked for an append-only file (AOF), as a real deployment keeps its queues.
 (Named redis_server so that `import redis` still finds the redis package.)"""
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from devservers.process import (
 
 
 class RedisServer:
-    """redis-server on a free loopback port, no persistence, in a temp folder."""
+    """redis-server on a free loopback port, in a temp folder; no persistence, or an
+    append-only file with `appendonly=True` (`appendfsync` as Redis's own: everysec)."""
 
     host = HOST
 
-    def __init__(self, root: Path | str | None = None, port: int | None = None):
+    def __init__(self, root: Path | str | None = None, port: int | None = None, *,
+                 appendonly: bool = False, appendfsync: str = "everysec"):
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="eis-redis-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self._explicit_port = port is not None
         self.port = port or free_port()
         self.log_path = self.root / "redis.log"
+        self.appendonly, self.appendfsync = appendonly, appendfsync
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -85,7 +89,8 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                 "--appendonly", "no", "--dir", str(self.root)],
+                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
+                 "--dir", str(self.root)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
         _running.add(self)

@@ -10,6 +10,7 @@ import email
 import email.policy
 import http.server
 import json
+import os
 import smtplib
 import socket
 import ssl
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.parse
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import imapclient
 import pytest
@@ -263,6 +265,41 @@ def test_stop_start_keeps_mail_ports_and_drops_clients():
     assert not server.root.exists()
 
 
+def _children(pid: int, command: str) -> set[int]:
+    """Processes named `command` whose parent is `pid` (Dovecot's master)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if name == command and int(rest[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_dovecot_performance_mode_keeps_its_login_processes_and_a_restart_switches_modes():
+    with Dovecot(performance=True) as server:
+        server.add_user(ALICE, "alicepw")
+        deadline = time.monotonic() + 5
+        while len(_children(server.pid, "imap-login")) < (os.cpu_count() or 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = _children(server.pid, "imap-login")
+        assert len(ready) == (os.cpu_count() or 1)  # process_min_avail: one per core, kept ready
+        for _ in range(5):
+            c = server.client(ALICE)
+            assert c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"] == 0
+            c.logout()
+        assert _children(server.pid, "imap-login") == ready  # the same processes served them all
+        server.performance = False
+        server.restart()
+        c = server.client(ALICE)  # the default mode: a login process per connection
+        c.logout()
+        assert "service_count = 0" not in server.conf_path.read_text()
+
+
 class _Introspection(http.server.BaseHTTPRequestHandler):
     tokens: dict[str, str] = {}
 
@@ -326,6 +363,26 @@ def test_redis_server_answers_ping_and_stops():
         r.close()
         assert redis_server.start_seconds < 3
     assert not redis_server.ping()
+
+
+def test_redis_server_with_an_append_only_file_keeps_its_data_across_a_kill(tmp_path):
+    redis_server = RedisServer(root=tmp_path, appendonly=True, appendfsync="always")
+    try:
+        redis_server.start()
+        r = redis_server.client()
+        r.rpush("rq:queue:sync", "job-1")
+        r.close()
+        port = redis_server.port
+        redis_server._proc.kill()  # no shutdown: only the append-only file keeps the data
+        redis_server._proc.wait(5)
+        redis_server.stop()
+        redis_server.start()
+        assert redis_server.port == port
+        r = redis_server.client()
+        assert r.lrange("rq:queue:sync", 0, -1) == [b"job-1"]
+        r.close()
+    finally:
+        redis_server.close()
 
 
 # ---- SMTP ------------------------------------------------------------------------------
