@@ -55,6 +55,7 @@ EIS_BODY_BATCH_BYTES = 8 * 1024 * 1024
 EIS_RUN_STALE_SECONDS = 300
 EIS_RUN_RETENTION_DAYS = 90  # sync runs that did something are kept this long; quiet polls are daily counts
 EIS_SYNC_BATCH = 50  # due mailboxes the scheduler hands to one sync job (one fork, one app set-up)
+EIS_SYNC_THREADS = 4  # of a batch, synced at a time in one work horse (PostgreSQL; SQLite: 1)
 EIS_SCHEDULER_TICK_SECONDS = 15.0  # how often the scheduler looks for due mailboxes and stuck runs
 EIS_LIVE_POLL_SECONDS = 2.0  # how often a page asks about a sync or a sending in progress
 EIS_TLS_CA_FILE = None

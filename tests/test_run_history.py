@@ -1,6 +1,7 @@
 """Sync history with a lifetime: quiet polls are counts per mailbox per day, the runs that
 did something are kept EIS_RUN_RETENTION_DAYS, and the pages still show both. Real Dovecot,
 real RQ workers (burst), both databases."""
+import time
 from datetime import timedelta
 
 from sqlalchemy import event, func, select
@@ -147,3 +148,31 @@ def test_support_and_rep_pages_show_quiet_polls_among_the_runs(app, client, mail
     assert "3 quiet checks that day: nothing new" in html
     api = world.api(support).get(f"/mailboxes/{box.id}").get_json()
     assert [d["polls"] for d in api["quiet_days"]] == [3] and len(api["runs"]) == 1
+
+
+def test_a_worker_process_syncs_a_batch_some_at_a_time_each_once(app, mail, world, dovecot, worker_process):
+    """A real `python worker.py` works a batch job: on PostgreSQL with threads (EIS_SYNC_THREADS),
+    on SQLite one after another. Every mailbox's new mail is logged once; a mailbox whose
+    password changed turns Problematic without stopping the others."""
+    world.customer("C-T", "tereza@client.test")
+    boxes = [mail.rep_with_mailbox(f"thread{i}")[1] for i in range(8)]
+    for box in boxes:
+        mail.sync(box)
+        for n in range(2):
+            mail.put(box.address, from_="tereza@client.test", to=box.address, subject=f"{n} for {box.address}")
+    dovecot.set_password(boxes[3].address, "changed-by-it")
+    db.session.expire_all()
+    before = {b.id: db.session.get(Mailbox, b.id).last_sync_at for b in boxes}
+    enqueue_sync_batch([b.id for b in boxes])
+    worker = worker_process(EIS_SYNC_THREADS="3")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        if all(db.session.get(Mailbox, b.id).last_sync_at > before[b.id] for b in boxes):
+            break
+        time.sleep(0.2)
+    db.session.expire_all()
+    states = [db.session.get(Mailbox, b.id).state for b in boxes]
+    assert states == ["active"] * 3 + ["problematic"] + ["active"] * 4, worker.log_tail()
+    logged = sorted(s for _, s in mail.activities())
+    assert logged == sorted(f"{n} for {b.address}" for b in boxes if b is not boxes[3] for n in range(2))
