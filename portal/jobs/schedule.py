@@ -105,12 +105,23 @@ def enqueue_due(now=None) -> int:
     back-fill, long) gets a job of its own; the others go EIS_SYNC_BATCH to a job, so that a
     worker forks and sets up once for fifty quiet polls instead of once for each."""
     now = now or utcnow()
+    is_due = or_(Mailbox.next_sync_at.is_(None), Mailbox.next_sync_at <= now)
     due = db.session.execute(
-        select(Mailbox.id, Mailbox.state).where(
-            Mailbox.state.in_(state.SYNCABLE),
-            or_(Mailbox.next_sync_at.is_(None), Mailbox.next_sync_at <= now),
-        ).order_by(Mailbox.next_sync_at.asc().nulls_first()).limit(BATCH)
+        select(Mailbox.id, Mailbox.state).where(Mailbox.state.in_(state.SYNCABLE), is_due)
+        .order_by(Mailbox.next_sync_at.asc().nulls_first()).limit(BATCH)
     ).all()
+    if not due:
+        db.session.commit()
+        return 0
+    # Provisional, and committed before any job is queued: each sync sets the real next
+    # time when it ends, and a lease written after the jobs were queued would overwrite the
+    # time a fast one had just set (seen in bench/fleet.py: polled twice a round). It keeps a
+    # queued mailbox from being picked again every tick; never longer than the longest
+    # interval, so a Redis that lost its queue delays nothing long.
+    lease = queued_lease(runtime_settings.longest_interval())
+    db.session.execute(update(Mailbox).where(Mailbox.id.in_([i for i, _ in due]), is_due)
+                       .values(next_sync_at=now + lease))
+    db.session.commit()
     queued: list[int] = []
     scheduled: list[int] = []
     for mailbox_id, mailbox_state in due:
@@ -123,16 +134,7 @@ def enqueue_due(now=None) -> int:
     size = max(int(current_app.config.get("EIS_SYNC_BATCH") or 1), 1)
     for start in range(0, len(scheduled), size):
         enqueue_sync_batch(scheduled[start:start + size])
-    queued += scheduled
-    if due:
-        # Provisional: each sync sets the real next time when it ends. This keeps a mailbox
-        # whose job is waiting in the queue from being picked again every tick; never
-        # longer than the longest interval, so a Redis that lost its queue delays nothing long.
-        lease = queued_lease(runtime_settings.longest_interval())
-        db.session.execute(update(Mailbox).where(Mailbox.id.in_([i for i, _ in due]))
-                           .values(next_sync_at=now + lease))
-    db.session.commit()
-    return len(queued)
+    return len(queued) + len(scheduled)
 
 
 def recover_stale_runs(stale_seconds: int, now=None) -> int:
