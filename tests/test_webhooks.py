@@ -462,3 +462,36 @@ def test_a_real_send_sends_activity_logged_then_outgoing_sent_or_failed_with_the
     data = last[1]["data"]
     assert data["outgoing_id"] == failed.json["id"] and data["state"] == "failed" and data["reason"] == "auth_failed"
     assert data["reason_text"] and data["detail"]
+
+
+def test_old_final_events_are_pruned_with_their_attempts_and_waiting_ones_kept(app, world, hook, receiver):
+    """Months unattended: delivered (and finally refused) events older than
+    EIS_RUN_RETENTION_DAYS go, with their deliveries and attempts, a batch a scheduler tick; an
+    event still waiting for a retry stays whatever its age."""
+    from datetime import timedelta
+
+    from portal.models.webhooks import WebhookAttempt
+    from portal.timeutil import utcnow
+    from portal.webhooks import outbox
+
+    box = a_mailbox(world)
+    receiver.answers = [200, 400, 500]
+    for _ in range(3):
+        state.mark_problematic(box, "auth_failed", WORDS)
+        db.session.commit()
+        state.resume(box, None)
+        db.session.commit()
+    work()  # problematic delivered, pending refused (final), next problematic 500 (retry): the rest wait
+    old = utcnow() - timedelta(days=91)
+    db.session.execute(WebhookEvent.__table__.update().values(created_at=old))
+    db.session.commit()
+    states = [d.state for d in deliveries()]
+    assert states[:3] == ["delivered", "failed", "pending"] and len(states) == 6
+
+    assert outbox.prune(90, batch=1) == 1
+    assert outbox.prune(90) == 1  # the refused one; the waiting ones are kept
+    assert outbox.prune(90) == 0
+    assert [d.state for d in deliveries()] == ["pending"] * 4
+    assert db.session.scalar(select(func.count(WebhookAttempt.id))) == 1  # the 500's attempt, kept
+    app.config["EIS_RUN_RETENTION_DAYS"] = 90
+    assert Scheduler(app, "pruner").tick()["pruned"] == 0

@@ -30,6 +30,7 @@ from portal.queue import enqueue_sync, enqueue_sync_batch, get_redis
 from portal.scheduling import queued_lease
 from portal.sync import lock_key, release_lock_of_run
 from portal.timeutil import utcnow
+from portal.webhooks import outbox
 
 log = logging.getLogger(__name__)
 LEADER_KEY = "eis:scheduler:leader"
@@ -73,6 +74,7 @@ class Scheduler:
             # Small batches, one a tick: a backlog of old runs drains over minutes, never
             # locking the table for long.
             pruned = run_history.prune(self.app.config["EIS_RUN_RETENTION_DAYS"])
+            pruned += outbox.prune(self.app.config["EIS_RUN_RETENTION_DAYS"])  # delivered webhook events
             return {"leader": True, "enqueued": enqueued, "recovered": recovered, "pruned": pruned}
 
     def run_forever(self, stop: threading.Event) -> None:

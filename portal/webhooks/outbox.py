@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
 from portal.extensions import db
@@ -26,6 +26,7 @@ from portal.models.webhooks import (
     ENVIRONMENT,
     EVENT_TYPES,
     PENDING,
+    WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -140,3 +141,22 @@ def init_app(_app) -> None:
                            ("after_transaction_end", _after_transaction_end)):
         if not event.contains(Session, name, listener):
             event.listen(Session, name, listener)
+
+
+def prune(retention_days: int, *, batch: int = 1000, now=None) -> int:
+    """Events older than the retention whose every delivery is final (delivered, or failed for
+    good), with their deliveries and attempts: at most `batch` events a call, one short
+    transaction (the scheduler calls it every tick, as it prunes sync runs). Returns how many
+    events went. An event still waiting for a retry stays whatever its age."""
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    waiting = select(WebhookDelivery.event_seq).where(WebhookDelivery.state == PENDING)
+    seqs = db.session.scalars(
+        select(WebhookEvent.seq).where(WebhookEvent.created_at < cutoff, WebhookEvent.seq.not_in(waiting))
+        .order_by(WebhookEvent.seq).limit(batch)).all()
+    if seqs:
+        deliveries = select(WebhookDelivery.id).where(WebhookDelivery.event_seq.in_(seqs))
+        db.session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))
+        db.session.execute(delete(WebhookDelivery).where(WebhookDelivery.event_seq.in_(seqs)))
+        db.session.execute(delete(WebhookEvent).where(WebhookEvent.seq.in_(seqs)))
+    db.session.commit()
+    return len(seqs)
