@@ -94,7 +94,7 @@ class WorkerProcess:
         if proc is None or proc.poll() is not None:
             return
         os.kill(proc.pid, signal.SIGSTOP)
-        children = _children(proc.pid)
+        children = children_of(proc.pid)
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -115,8 +115,8 @@ class WorkerProcess:
 _worker_numbers = itertools.count(1)
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc); the tests use it to find work horses."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -26,6 +26,7 @@ from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL
 from rq.job import JobStatus
 from sqlalchemy import delete, func, select
 
+from devservers.worker import children_of
 from portal import crm
 from portal.addresses import normalise_address
 from portal.extensions import db
@@ -250,20 +251,6 @@ def _start_worker(env: dict, log_path: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -280,7 +267,7 @@ def _kill_hard(proc: subprocess.Popen) -> bool:
     if proc.poll() is not None:
         return False
     os.kill(proc.pid, signal.SIGSTOP)
-    horses = _children(proc.pid)
+    horses = children_of(proc.pid)
     for pid in horses:
         os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
